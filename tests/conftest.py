@@ -1,0 +1,121 @@
+"""Shared pytest fixtures: bundled real photos, a local photo HTTP server, a local Ray cluster, a moto S3 server.
+
+Service fixtures are session-scoped so the suite starts each service at most once (2-core CI budget).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import nsarm  # noqa: F401  (torchvision shim before anything imports torchvision)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def sample_photos(tmp_path_factory) -> list:
+    """The bundled real photographs (list of dataset.samples.SamplePhoto), exported to a session temp folder."""
+    from dataset.samples import export_sample_photos
+
+    return export_sample_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="session")
+def photo_server(sample_photos):
+    """A PhotoServer on 127.0.0.1 serving the sample photos; `.url(name)` gives a photo's URL."""
+    from dataset.httpserve import PhotoServer
+
+    with PhotoServer(sample_photos[0].path.parent) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster (num_cpus=2, no dashboard) for the whole session; tests call ray APIs directly."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    """A real moto S3 server on 127.0.0.1; yields its endpoint URL and sets the AWS_* variables for s3fs/boto3."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        wait_http(endpoint + "/moto-api/", timeout=30)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(moto_s3):
+    """A fresh bucket on the moto server; yields 's3://<bucket>'."""
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=name)
+    return f"s3://{name}"
