@@ -1,0 +1,99 @@
+"""Attention kernels behind one dispatcher, plus the masks the Infinity transformer needs.
+
+Letters: B batch, H heads, L query tokens, S key tokens, c head dim, N packed text tokens over the batch.
+
+`attend(q, k, v, mask, scale)` runs PyTorch SDPA by default (CPU and GPU). The explicit "math" backend is the
+reference the SDPA path (and any future fast kernel, e.g. flash-attn) is tested against; a backend is picked once
+per process with `set_backend()` or the NSARM_ATTENTION environment variable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("sdpa", "math")
+_state = {"backend": os.environ.get("NSARM_ATTENTION", "sdpa")}
+
+
+def set_backend(name: str) -> None:
+    """Select the attention kernel for this process: one of BACKENDS."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
+    _state["backend"] = name
+
+
+def get_backend() -> str:
+    return _state["backend"]
+
+
+def attend(
+    q_BHLc: torch.Tensor,
+    k_BHSc: torch.Tensor,
+    v_BHSc: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention. Returns (B, H, L, c).
+
+    Args:
+        q_BHLc, k_BHSc, v_BHSc: queries, keys, values. q and k may be fp32 while v is bf16 (cosine attention keeps
+            the normalised q/k in fp32): everything is cast to v's dtype first, as the reference does for its kernels.
+        mask: boolean, True = may attend; broadcastable to (B, H, L, S). None = full attention.
+        scale: softmax scale; None = 1/sqrt(c). Cosine attention passes 1.
+        backend: override the process-wide backend for this call.
+    """
+    backend = backend or _state["backend"]
+    q_BHLc, k_BHSc = q_BHLc.to(v_BHSc.dtype), k_BHSc.to(v_BHSc.dtype)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q_BHLc.shape[-1])
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q_BHLc, k_BHSc, v_BHSc, attn_mask=mask, scale=scale)
+    if backend == "math":
+        att_BHLS = (q_BHLc @ k_BHSc.transpose(-1, -2)).float() * scale
+        if mask is not None:
+            att_BHLS = att_BHLS.masked_fill(~mask, float("-inf"))
+        return (att_BHLS.softmax(dim=-1).to(v_BHSc.dtype)) @ v_BHSc
+    raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+
+
+def scale_index(scale_lengths: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """(L,) long: the scale each token belongs to, for tokens laid out scale after scale."""
+    return torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(scale_lengths)])
+
+
+def block_causal_mask(scale_lengths: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """(L, L) bool, True = visible: a token of scale i sees every token of scales <= i (bidirectional inside a scale).
+
+    This is the next-scale-prediction mask of VAR/Infinity (spec §1.3): the SOS token is scale 0, the tokens
+    predicting scale i+1 are fed at position block i+1 and see the whole coarser pyramid.
+    """
+    idx_L = scale_index(scale_lengths, device)
+    return idx_L[:, None] >= idx_L[None, :]
+
+
+def pad_packed(kv_NC: torch.Tensor, lens_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpack variable-length rows (sum(lens), C) into a padded (B, S, C) batch and a (B, 1, 1, S) key mask.
+
+    The reference uses flash-attn varlen kernels on the packed form; padding + a key mask is the same math and runs
+    under SDPA everywhere. S = max(lens).
+    """
+    lens = [int(n) for n in lens_B.tolist()]
+    if any(n <= 0 for n in lens):
+        raise ValueError(f"every text must have at least one token, got lengths {lens}")
+    if sum(lens) != kv_NC.shape[0]:
+        raise ValueError(f"packed text has {kv_NC.shape[0]} rows but the lengths sum to {sum(lens)}")
+    S = max(lens)
+    out_BSC = kv_NC.new_zeros(len(lens), S, kv_NC.shape[-1])
+    keep_BS = torch.zeros(len(lens), S, dtype=torch.bool, device=kv_NC.device)
+    start = 0
+    for b, n in enumerate(lens):
+        out_BSC[b, :n] = kv_NC[start : start + n]
+        keep_BS[b, :n] = True
+        start += n
+    return out_BSC, keep_BS[:, None, None, :]
