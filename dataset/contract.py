@@ -81,6 +81,13 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def remove(url: str) -> None:
+    """Delete `url` if it exists."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path)
+
+
 def put_atomic(url: str, data: bytes) -> None:
     """Write `data` to `url` via a temporary sibling and a rename (copy+delete on object stores, where a
     reader never sees a partial object anyway)."""
@@ -129,11 +136,10 @@ def safe_member_key(name: str) -> tuple[str, str] | None:
 
 def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes] | None, str | None]]:
     """Yield `(key, {ext: bytes}, None)` per sample of a WebDataset tar in member order, or `(name, None, error)`
-    for a member that is rejected (unsafe path, not a regular file). Never extracts to disk."""
-    with fsspec.open(url, "rb") as f:
-        data = f.read()
+    for a member that is rejected (unsafe path, not a regular file). Never extracts to disk; streams the tar
+    (mode "r|"), so memory holds one sample, not the shard."""
     current_key, current = None, {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
             split = safe_member_key(member.name)
             if split is None or not member.isfile():

@@ -1,0 +1,158 @@
+"""Decode and normalise one image: bytes in → `image_size`² RGB JPEG bytes out (or a reasoned rejection).
+
+Order: magic bytes → header-only size check (decompression bomb) → decode (JPEG draft scaling when lossless for
+the target) → EXIF orientation → 8-bit RGB (CMYK, palette, L/LA, RGBA with alpha over white, 16-bit) →
+centre square crop → resize to image_size² (area for downscaling; upscaling only if the config allows) → JPEG.
+Cropping before resizing gives the same picture as "short side to image_size, then centre crop" at less cost.
+Arrays are HWC uint8 (`img_HW3`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from dataset.config import ShardConfig
+
+# (prefix, offset, format) — the formats Pillow decodes that photo sources actually serve.
+_MAGIC = (
+    (b"\xff\xd8\xff", 0, "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "png"),
+    (b"GIF87a", 0, "gif"),
+    (b"GIF89a", 0, "gif"),
+    (b"WEBP", 8, "webp"),
+    (b"BM", 0, "bmp"),
+    (b"II*\x00", 0, "tiff"),
+    (b"MM\x00*", 0, "tiff"),
+)
+
+
+class ImageRejected(Exception):
+    """A sample that cannot become a training image; `reason` is a short code for the error histogram."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # from the magic bytes
+    width: int  # original, after EXIF orientation
+    height: int
+    mode: str  # Pillow mode before conversion (e.g. CMYK, P, I;16, RGBA)
+    exif_rotated: bool
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Image format from the first bytes, or None (HTML, random bytes, empty)."""
+    for magic, offset, fmt in _MAGIC:
+        if data[offset:offset + len(magic)] == magic and (fmt != "webp" or data[:4] == b"RIFF"):
+            return fmt
+    return None
+
+
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB. Transparent pixels become white (the usual background of product/web images)."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im)
+        if mode == "F":
+            scale = 255.0 if float(arr.max(initial=0)) <= 1.0 else 1.0
+        else:
+            scale = 1.0 / 257.0 if int(arr.max(initial=0)) > 255 else 1.0  # 16-bit: 65535 → 255
+        arr8 = np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
+        mode = im.mode
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "RGB":
+        return im
+    return im.convert("RGB")  # CMYK, L, 1, YCbCr, LAB, HSV
+
+
+def normalise(data: bytes, cfg: ShardConfig) -> tuple[bytes, ImageInfo]:
+    """Turn image bytes into `cfg.image_size`² RGB JPEG bytes.
+
+    Returns:
+        (jpeg bytes, ImageInfo of the original).
+    Raises:
+        ImageRejected: reasons `empty`, `not_an_image`, `decompression_bomb`, `decode_error`, `too_small`.
+    """
+    if not data:
+        raise ImageRejected("empty", "zero bytes")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageRejected("not_an_image", f"unknown magic bytes {data[:8]!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit just below
+            im = Image.open(io.BytesIO(data))
+            w0, h0 = im.size  # header only: nothing decoded yet
+            if w0 * h0 > cfg.max_pixels:
+                raise ImageRejected("decompression_bomb", f"{w0}x{h0} > max_pixels {cfg.max_pixels}")
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)  # animated GIF/WebP: the first frame
+            mode0 = im.mode
+            exif_orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff", "webp", "png") else 1
+            short0 = min(w0, h0)
+            if cfg.jpeg_draft and fmt == "jpeg" and short0 > 2 * cfg.image_size:
+                # libjpeg's DCT scaling: picks the largest 1/2^k reduction whose size is still >= the request.
+                s = cfg.image_size / short0
+                im.draft("RGB", (math.ceil(w0 * s), math.ceil(h0 * s)))
+            im.load()
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageRejected("decompression_bomb", str(e)) from e
+    except Exception as e:  # truncated files, corrupt chunks, unsupported variants: all one reason
+        raise ImageRejected("decode_error", f"{type(e).__name__}: {e}") from e
+    rotated = exif_orientation not in (1, None)
+    if rotated:
+        im = ImageOps.exif_transpose(im)
+    w, h = _orig_size_after_orientation(w0, h0, exif_orientation)  # original size (draft may have shrunk im)
+    info = ImageInfo(fmt, w, h, mode0, rotated)
+    short = min(w, h)
+    if short < cfg.min_side and (not cfg.upscale_small or short < cfg.upscale_min_side):
+        raise ImageRejected("too_small", f"{w}x{h}: short side {short} < min_side {cfg.min_side}")
+    try:
+        img_HW3 = np.asarray(_to_rgb8(im))
+    except Exception as e:
+        raise ImageRejected("decode_error", f"mode {mode0}: {type(e).__name__}: {e}") from e
+    jpeg = crop_resize_encode(img_HW3, cfg.image_size, cfg.jpeg_quality)
+    return jpeg, info
+
+
+def _orig_size_after_orientation(w: int, h: int, orientation: int) -> tuple[int, int]:
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def crop_resize_encode(img_HW3: np.ndarray, size: int, quality: int) -> bytes:
+    """Centre square crop of an RGB array, resized to size² (INTER_AREA down, INTER_CUBIC up), as JPEG bytes."""
+    h, w = img_HW3.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop_SS3 = img_HW3[top:top + side, left:left + side]
+    if side != size:
+        interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+        crop_SS3 = cv2.resize(crop_SS3, (size, size), interpolation=interp)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(crop_SS3[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # cv2 only fails here on an invalid array, which would be our bug
+        raise RuntimeError(f"JPEG encoding failed for an array of shape {crop_SS3.shape}")
+    return buf.tobytes()
+
+
+def decode_rgb(jpeg: bytes) -> np.ndarray:
+    """Decode image bytes to an RGB uint8 array (H, W, 3) — for readers and tests."""
+    with Image.open(io.BytesIO(jpeg)) as im:
+        return np.asarray(im.convert("RGB"))
