@@ -1,0 +1,110 @@
+"""`nsarm eval`: score a checkpoint on a test set, or score existing SR folders (comparison mode).
+
+    nsarm eval --checkpoint ckpt.pth --testset realsr --testset-root NSARM/data/test --hr-dir RealSR/HR --out runs/e1
+    nsarm eval --sr-dir nsarm=out/nsarm --sr-dir seesr=out/seesr --hr-dir RealSR/HR --name realsr --out runs/cmp
+    nsarm eval --sr-dir out/rp60 --name rp60 --eval-size 512 --weights-dir ~/iqa --mlflow-uri http://127.0.0.1:5000
+
+Weights for the deep metrics load from --weights-dir (default $NSARM_IQA_WEIGHTS or ~/.cache/nsarm/iqa); a
+metric whose weights are absent is listed as unavailable with the file to fetch, and the rest are still computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="score SR outputs: PSNR/SSIM/LPIPS/NIQE/CLIPIQA/MUSIQ/MANIQA/TOPIQ + "
+                                           "robustness counts", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("what to score (one of --checkpoint or --sr-dir)")
+    src.add_argument("--checkpoint", help="model checkpoint to upscale the test set with")
+    src.add_argument("--sr-dir", action="append", default=[], metavar="[NAME=]DIR",
+                     help="folder of existing SR outputs; repeat to compare methods (they share mu_G)")
+    ts = p.add_argument_group("test set")
+    ts.add_argument("--testset", choices=["realsr", "drealsr", "rp60"], help="NSARM release layout under --testset-root")
+    ts.add_argument("--testset-root", help="the NSARM repo's data/test folder")
+    ts.add_argument("--lr-dir", help="LR folder of a custom test set (with --checkpoint)")
+    ts.add_argument("--captions", help="caption jsonl for --lr-dir")
+    ts.add_argument("--hr-dir", help="ground-truth folder (paired by file stem); omit for no-reference only")
+    ts.add_argument("--name", help="test-set name in reports (default: --testset or the LR/SR folder name)")
+    m = p.add_argument_group("metrics")
+    m.add_argument("--metrics", default=None, help="comma list (default: all of the paper's)")
+    m.add_argument("--weights-dir", default=None, help="folder with the metric weight files")
+    m.add_argument("--crop-border", type=int, default=0, help="border cut for PSNR/SSIM/NIQE (default 0)")
+    m.add_argument("--eval-size", type=int, default=None, help="no-HR sets: downsample SR to this side (e.g. 512)")
+    m.add_argument("--mu-g", type=float, default=None, help="fixed mu_G for the D/P/C counts (default: pooled mean)")
+    m.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--mlflow-uri", default=None, help="log to this tracking server (also $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="nsarm-eval")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--no-mlflow", action="store_true", help="write the report only")
+    p.set_defaults(func=cmd_eval)
+
+
+def _sr_dirs(specs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name, spec
+        if not Path(path).is_dir():
+            raise SystemExit(f"--sr-dir {spec}: {path} is not a folder")
+        if name in out:
+            raise SystemExit(f"--sr-dir: method name {name!r} given twice (use NAME=DIR)")
+        out[name] = path
+    return out
+
+
+def load_upscale_fn(checkpoint: str, device: str):
+    """The model path's `upscale_fn(lr_images, captions=None) -> sr_images`, from `nsarm.inference`."""
+    try:
+        from nsarm import inference
+    except ImportError as e:
+        raise SystemExit(f"--checkpoint needs nsarm.inference, which is not importable yet ({e}); "
+                         "score saved outputs with --sr-dir instead") from None
+    build = getattr(inference, "build_upscale_fn", None)
+    if build is None:
+        raise SystemExit("nsarm.inference.build_upscale_fn(checkpoint, device) is not available yet; "
+                         "score saved outputs with --sr-dir instead")
+    return build(checkpoint, device=device)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
+    from nsarm.eval.metrics import PAPER_METRICS, MetricConfig
+    from nsarm.eval.run import MlflowTarget, evaluate_folders, evaluate_upscaler
+    from nsarm.eval.testsets import folder_testset, nsarm_testset
+
+    if bool(args.checkpoint) == bool(args.sr_dir):
+        raise SystemExit("give exactly one of --checkpoint or --sr-dir")
+    metrics = tuple(s.strip() for s in args.metrics.split(",")) if args.metrics else PAPER_METRICS
+    cfg = MetricConfig(metrics=metrics, crop_border=args.crop_border, weights_dir=args.weights_dir,
+                       device=args.device)
+    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    target = None if args.no_mlflow or not uri else MlflowTarget(args.experiment, uri, args.run_name)
+    if args.sr_dir:
+        sr_dirs = _sr_dirs(args.sr_dir)
+        name = args.name or args.testset or Path(next(iter(sr_dirs.values()))).name
+        report = evaluate_folders(cfg, name, sr_dirs, out_dir=args.out, hr_dir=args.hr_dir,
+                                  eval_size=args.eval_size, mu_g=args.mu_g, mlflow=target)
+    else:
+        if args.testset:
+            if not args.testset_root:
+                raise SystemExit("--testset needs --testset-root (the NSARM data/test folder)")
+            testset = nsarm_testset(args.testset, args.testset_root, args.hr_dir)
+        elif args.lr_dir:
+            testset = folder_testset(args.name or Path(args.lr_dir).name, args.lr_dir, args.hr_dir, args.captions)
+        else:
+            raise SystemExit("--checkpoint needs --testset (+ --testset-root) or --lr-dir")
+        upscale_fn = load_upscale_fn(args.checkpoint, args.device)
+        report = evaluate_upscaler(cfg, testset, upscale_fn, name=Path(args.checkpoint).stem, out_dir=args.out,
+                                   batch_size=args.batch_size, eval_size=args.eval_size, mu_g=args.mu_g,
+                                   mlflow=target)
+    print(report.files["summary_md"].read_text(encoding="utf-8"))
+    print(f"report: {report.out_dir}" + (f"  (logged to {uri})" if target else ""))
+    return 0

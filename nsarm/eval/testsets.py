@@ -1,0 +1,205 @@
+"""Test-set loaders: RealSR, DRealSR, RP60 folder layouts, NSARM caption jsonl files, and a synthetic set.
+
+Layouts (as in the NSARM release, `data/test/`):
+    {root}/data/RealSR_LR_256/Canon_001_LR4.png      256² LR; HR (optional) e.g. {hr_dir}/Canon_001_HR.png
+    {root}/data/DRealSR_LR_256/Canon_10_x1.png       HR (optional) e.g. {hr_dir}/Canon_10_x4.png
+    {root}/data/RP60_256/01.png                      no HR exists (RealPhoto60)
+    {root}/path_caption/{RealSR|DRealSR|RP60}_256.jsonl  {"image_path", "h_div_w", "long_caption", ...} per line
+LR and HR files are paired by `pair_key`: the file stem without its _LR4 / _HR / _x1 / _x4 style suffix.
+The synthetic set (the paper's DIV2K protocol) centre-crops HR images and degrades them with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_SUFFIX = re.compile(r"(?i)[_-](lr\d*|hr\d*|x\d+|sr|gt|out)$")
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """One evaluation input: its pairing key, LR path, optional HR path and optional caption (the text prompt)."""
+
+    key: str
+    lr_path: Path
+    hr_path: Path | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class TestSet:
+    name: str
+    images: tuple[TestImage, ...]
+
+    @property
+    def has_hr(self) -> bool:
+        return bool(self.images) and all(im.hr_path is not None for im in self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+# Known layouts: the LR folder name inside {root}/data and the caption file inside {root}/path_caption.
+LAYOUTS = {
+    "realsr": ("RealSR_LR_256", "RealSR_256.jsonl"),
+    "drealsr": ("DRealSR_LR_256", "DRealSR_256.jsonl"),
+    "rp60": ("RP60_256", "RP60_256.jsonl"),
+}
+
+
+def pair_key(stem: str) -> str:
+    """`Canon_001_LR4` -> `Canon_001`, `sony_1_x1` -> `sony_1`, `01` -> `01` (stems of LR, HR and SR files agree)."""
+    return _SUFFIX.sub("", stem)
+
+
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """{pair_key: path} of the image files directly inside `folder`; two files with one key is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+            key = pair_key(p.stem)
+            if key in found:
+                raise ValueError(f"{folder}: {found[key].name} and {p.name} have the same pairing key {key!r}")
+            found[key] = p
+    if not found:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}")
+    return found
+
+
+def read_caption_jsonl(path: str | Path) -> dict[str, str]:
+    """{pair_key of image_path's file name: long_caption} from an NSARM/Infinity caption jsonl.
+
+    The `image_path` values point into the authors' machine, so only the file name is used.
+    """
+    path = Path(path)
+    captions: dict[str, str] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+            missing = [k for k in ("image_path", "h_div_w", "long_caption") if k not in rec]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+            if not isinstance(rec["long_caption"], str):
+                raise ValueError(f"{path}:{lineno}: long_caption must be a string")
+            captions[pair_key(Path(str(rec["image_path"])).stem)] = rec["long_caption"]
+    return captions
+
+
+def folder_testset(name: str, lr_dir: str | Path, hr_dir: str | Path | None = None,
+                   captions: str | Path | None = None) -> TestSet:
+    """A test set from an LR folder, an optional HR folder (paired by key) and an optional caption jsonl.
+
+    Raises:
+        ValueError when an HR folder is given but some LR image has no HR partner (names listed).
+    """
+    lrs = list_images(lr_dir)
+    hrs = list_images(hr_dir) if hr_dir is not None else {}
+    if hr_dir is not None:
+        unpaired = sorted(set(lrs) - set(hrs))
+        if unpaired:
+            raise ValueError(f"{len(unpaired)} LR image(s) in {lr_dir} have no HR in {hr_dir}: {unpaired[:5]}")
+    caps = read_caption_jsonl(captions) if captions is not None else {}
+    images = tuple(TestImage(k, p, hrs.get(k), caps.get(k)) for k, p in lrs.items())
+    return TestSet(name, images)
+
+
+def nsarm_testset(name: str, root: str | Path, hr_dir: str | Path | None = None) -> TestSet:
+    """RealSR / DRealSR / RP60 in the NSARM release layout under `root` (the repo's `data/test`)."""
+    key = name.lower()
+    if key not in LAYOUTS:
+        raise ValueError(f"unknown test set {name!r}; known: {sorted(LAYOUTS)}")
+    if key == "rp60" and hr_dir is not None:
+        raise ValueError("RP60 (RealPhoto60) has no ground truth; do not pass an HR folder")
+    lr_name, cap_name = LAYOUTS[key]
+    root = Path(root)
+    cap = root / "path_caption" / cap_name
+    return folder_testset(key, root / "data" / lr_name, hr_dir, cap if cap.is_file() else None)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB (H, W, 3); a clear error names an unreadable file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from None
+
+
+def write_png(img_HW3: np.ndarray, path: str | Path) -> Path:
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img_HW3).save(path, format="PNG")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ synthetic set
+# A degrader maps (hr uint8 (H, W, 3), per-image seed) -> LR uint8 (H/4, W/4, 3).
+Degrader = Callable[[np.ndarray, int], np.ndarray]
+
+
+def default_degrader(preset: str = "realesrgan") -> Degrader:
+    """The project's Real-ESRGAN pipeline (`degradation/`), imported only when asked for.
+
+    It expects `degradation.degrade_image(hr_HW3, seed=..., preset=...)`; until that library lands this raises
+    a clear ImportError and callers pass their own `Degrader`.
+    """
+    try:
+        import degradation
+    except ImportError as e:
+        raise ImportError(f"the degradation library is not importable ({e}); pass degrade_fn explicitly") from None
+    fn = getattr(degradation, "degrade_image", None)
+    if fn is None:
+        raise ImportError("degradation.degrade_image(hr_HW3, seed=, preset=) is not available yet; "
+                          "pass degrade_fn explicitly")
+    return lambda hr, seed: fn(hr, seed=seed, preset=preset)
+
+
+def build_synthetic_testset(hr_dir: str | Path, out_dir: str | Path, *, size: int = 1024, seed: int = 0,
+                            degrade_fn: Degrader | None = None, limit: int | None = None) -> TestSet:
+    """Centre-crop each HR image to `size`², degrade it with a per-image seed (`seed` + index) and save both.
+
+    Writes `{out_dir}/HR/{key}.png` and `{out_dir}/LR/{key}.png`; a rerun with the same arguments rewrites the
+    same bytes. Images smaller than `size` on a side are skipped (listed in `{out_dir}/skipped.json`).
+    """
+    degrade = degrade_fn or default_degrader()
+    out_dir = Path(out_dir)
+    images, skipped = [], []
+    for i, (key, path) in enumerate(sorted(list_images(hr_dir).items())):
+        if limit is not None and len(images) >= limit:
+            break
+        hr = read_rgb(path)
+        h, w = hr.shape[:2]
+        if min(h, w) < size:
+            skipped.append({"key": key, "reason": f"{w}x{h} smaller than {size}"})
+            continue
+        top, left = (h - size) // 2, (w - size) // 2
+        hr = np.ascontiguousarray(hr[top:top + size, left:left + size])
+        lr = degrade(hr, seed + i)
+        if lr.dtype != np.uint8 or lr.ndim != 3:
+            raise ValueError(f"degrade_fn returned {lr.dtype} {lr.shape} for {key}; expected uint8 (h, w, 3)")
+        images.append(TestImage(key, write_png(lr, out_dir / "LR" / f"{key}.png"),
+                                write_png(hr, out_dir / "HR" / f"{key}.png")))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    if not images:
+        raise ValueError(f"no image in {hr_dir} is at least {size}x{size}")
+    return TestSet(f"synthetic-{Path(hr_dir).name}", tuple(images))
