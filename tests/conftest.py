@@ -119,3 +119,45 @@ def s3_bucket(moto_s3):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+def _stack_processes(cfg) -> set[int]:
+    """PIDs of every process in the process groups of the stack's recorded services."""
+    from nsarm import stack
+
+    pids = set()
+    groups = {pid for name in ("prefect", "mlflow", "ray", "deployments") if (pid := stack.read_pid(cfg, name))}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) in groups and stack._alive(int(entry.name)):
+                    pids.add(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory):
+    """The real embedded stack (`nsarm stack up`) on free ports with a temp state dir, for the whole session.
+
+    Yields the StackConfig; its `client_env()` has PREFECT_API_URL / MLFLOW_TRACKING_URI / RAY_ADDRESS. On teardown
+    the stack is stopped and the fixture fails if any of its processes survive.
+    """
+    from nsarm import stack
+
+    state = tmp_path_factory.mktemp("stack")
+    for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        os.environ.pop(k, None)
+    cfg = stack.StackConfig.from_env(state_dir=state, prefect_port=free_port(), mlflow_port=free_port(),
+                                     ray_port=free_port(), ray_dashboard_port=free_port(),
+                                     ray_client_port=free_port(), ray_cpus=2)
+    try:
+        stack.up(cfg)
+        yield cfg
+    finally:
+        pids = _stack_processes(cfg)
+        stack.down(cfg)
+        time.sleep(1)
+        leftover = [p for p in pids if stack._alive(p)]
+        assert not leftover, f"stack processes still alive after down: {leftover}"

@@ -1,0 +1,435 @@
+"""The embedded local stack: Prefect server, MLflow tracking server, Ray head (+ dashboard) and the process that
+serves the two Prefect deployments — all on 127.0.0.1, all under one state directory with logs and PID files.
+
+    nsarm stack up        # start what is not running, wait for every health endpoint, print the URLs
+    nsarm stack status    # one line per service
+    nsarm stack down      # stop (only) the processes this stack started, by PID / process group
+
+Configuration (env vars; CLI flags override): NSARM_STATE_DIR (default ./.nsarm), NSARM_PREFECT_PORT (4200),
+NSARM_MLFLOW_PORT (5000), NSARM_RAY_PORT (6379), NSARM_RAY_DASHBOARD_PORT (8265), NSARM_RAY_CPUS (all cores).
+A service that already lives elsewhere is not started locally: PREFECT_API_URL, MLFLOW_TRACKING_URI, RAY_ADDRESS.
+
+Each service runs in its own session (process group); `down` sends SIGTERM to that group, waits, then SIGKILL.
+Ray runs as `ray start --head --block`, so its whole process tree is one group owned by one PID (never `ray stop`,
+which would kill every Ray process on the host, including other users').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """A service could not be started (port taken, health timeout, crashed on start)."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    state_dir: Path  # logs/, pids/, prefect/, mlflow.db, mlartifacts/, ray/
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    ray_port: int = 6379
+    ray_dashboard_port: int = 8265
+    ray_client_port: int = 10001
+    ray_cpus: int | None = None  # None: all cores
+    # External services (then nothing local is started for them)
+    prefect_api_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    ray_address: str | None = None
+    health_timeout_s: float = 120.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> StackConfig:
+        env = os.environ
+        values = dict(
+            state_dir=Path(env.get("NSARM_STATE_DIR", Path.cwd() / ".nsarm")).resolve(),
+            prefect_port=int(env.get("NSARM_PREFECT_PORT", 4200)),
+            mlflow_port=int(env.get("NSARM_MLFLOW_PORT", 5000)),
+            ray_port=int(env.get("NSARM_RAY_PORT", 6379)),
+            ray_dashboard_port=int(env.get("NSARM_RAY_DASHBOARD_PORT", 8265)),
+            ray_client_port=int(env.get("NSARM_RAY_CLIENT_PORT", 10001)),
+            ray_cpus=int(env["NSARM_RAY_CPUS"]) if env.get("NSARM_RAY_CPUS") else None,
+            prefect_api_url=env.get("PREFECT_API_URL") or None,
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            ray_address=env.get("RAY_ADDRESS") or None,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["state_dir"] = Path(values["state_dir"]).resolve()
+        return cls(**values)
+
+    # The addresses clients use, local or external.
+    @property
+    def prefect_url(self) -> str:
+        return self.prefect_api_url or f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui(self) -> str:
+        return self.prefect_url.removesuffix("/api")
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{HOST}:{self.mlflow_port}"
+
+    @property
+    def ray_url(self) -> str:
+        return self.ray_address or f"{HOST}:{self.ray_port}"
+
+    @property
+    def ray_dashboard(self) -> str:
+        return f"http://{HOST}:{self.ray_dashboard_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """The environment a flow / client needs to talk to this stack."""
+        return {"PREFECT_API_URL": self.prefect_url, "MLFLOW_TRACKING_URI": self.mlflow_url, "RAY_ADDRESS": self.ray_url}
+
+
+@dataclass
+class Service:
+    name: str
+    cmd: list[str]
+    health_url: str | None  # GET answering < 500 means healthy
+    ports: tuple[int, ...]  # must be free before start
+    env: dict[str, str] = field(default_factory=dict)
+    external: str | None = None  # address of an external instance: not managed here
+
+
+def _bin(name: str) -> str:
+    """A console script of the running interpreter's environment (the venv's, not whatever is first on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def services(cfg: StackConfig) -> list[Service]:
+    """The stack, in start order. The deployment server comes last: it needs the Prefect API."""
+    state = cfg.state_dir
+    base_env = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_HOME": str(state / "prefect"), "MLFLOW_ENABLE_TELEMETRY": "false",
+                "DO_NOT_TRACK": "1"}
+    ray_cmd = [_bin("ray"), "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(cfg.ray_port),
+               "--dashboard-host", HOST, "--dashboard-port", str(cfg.ray_dashboard_port), "--include-dashboard", "true",
+               "--ray-client-server-port", str(cfg.ray_client_port),
+               "--temp-dir", str(state / "ray"), "--disable-usage-stats"]
+    if cfg.ray_cpus is not None:
+        ray_cmd += ["--num-cpus", str(cfg.ray_cpus)]
+    return [
+        Service("prefect", [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)],
+                f"http://{HOST}:{cfg.prefect_port}/api/health", (cfg.prefect_port,), base_env,
+                external=cfg.prefect_api_url),
+        Service("mlflow", [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
+                           "--artifacts-destination", str(state / "mlartifacts"), "--serve-artifacts",
+                           "--host", HOST, "--port", str(cfg.mlflow_port), "--workers", "1"],
+                f"http://{HOST}:{cfg.mlflow_port}/health", (cfg.mlflow_port,), base_env,
+                external=cfg.mlflow_tracking_uri),
+        Service("ray", ray_cmd, f"{cfg.ray_dashboard}/api/version",
+                (cfg.ray_port, cfg.ray_dashboard_port, cfg.ray_client_port), base_env,
+                external=cfg.ray_address),
+        Service("deployments", [sys.executable, "-m", "flows.serve"], None, (), {**base_env, **cfg.client_env()}),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# process bookkeeping
+
+
+def _pid_file(cfg: StackConfig, name: str) -> Path:
+    return cfg.state_dir / "pids" / f"{name}.pid"
+
+
+def _log_file(cfg: StackConfig, name: str) -> Path:
+    return cfg.state_dir / "logs" / f"{name}.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_pid(cfg: StackConfig, name: str) -> int | None:
+    """The PID we recorded for `name`, if that process still runs with the command line we started."""
+    path = _pid_file(cfg, name)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        pid = int(record["pid"])
+    except (ValueError, KeyError, json.JSONDecodeError):
+        return None
+    if not _alive(pid):
+        return None
+    try:  # guard against PID reuse: the recorded command must still be what runs under that PID
+        # (a console script shows up as "python /path/to/script …", so look at the first few arguments)
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:3]
+        if args[0] and Path(record["cmd0"]).name not in {Path(a).name for a in args}:
+            return None
+    except OSError:
+        pass
+    return pid
+
+
+def port_owner(port: int) -> str | None:
+    """Describe who listens on 127.0.0.1:`port` ('pid 123 (prefect)'), 'unknown process' if taken by someone we
+    cannot see, or None when the port is free."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+            return None
+        except OSError:
+            pass
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except Exception:  # psutil missing or access denied: still a clear error without the owner
+        pass
+    return "unknown process"
+
+
+def healthy(url: str | None, timeout: float = 2.0) -> bool:
+    if url is None:
+        return True
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:
+        return e.code < 500
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _deployments_ready(cfg: StackConfig, names: tuple[str, ...] = ("build-dataset/default", "train-nsarm/default")):
+    import urllib.request
+
+    for name in names:
+        flow, dep = name.split("/")
+        try:
+            with urllib.request.urlopen(f"{cfg.prefect_url}/deployments/name/{flow}/{dep}", timeout=2) as r:
+                if r.status != 200:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def _log_tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# up / down / status
+
+
+def _start(cfg: StackConfig, svc: Service) -> int:
+    for port in svc.ports:
+        owner = port_owner(port)
+        if owner is not None:
+            raise StackError(f"cannot start {svc.name}: port {HOST}:{port} is already in use by {owner}. "
+                             f"Stop it, or choose another port (see `nsarm stack up --help`).")
+    log = _log_file(cfg, svc.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _pid_file(cfg, svc.name).parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **svc.env}
+    # Our own external settings must not leak into local servers (e.g. a Prefect server with PREFECT_API_URL set).
+    if svc.name != "deployments":
+        for k in ("PREFECT_API_URL", "RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+            env.pop(k, None)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(svc.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=str(Path.cwd()), start_new_session=True)
+    _pid_file(cfg, svc.name).write_text(json.dumps({"pid": proc.pid, "cmd0": svc.cmd[0], "started": time.time()}))
+    return proc.pid
+
+
+def up(cfg: StackConfig, echo=print) -> dict[str, str]:
+    """Start every local service not already running and wait until all are healthy. Idempotent.
+
+    Returns:
+        {service: "started" | "running" | "external"}.
+    Raises:
+        StackError: a port is taken by another process, or a service did not become healthy in time
+            (the message carries the tail of its log).
+    """
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    result, waiting = {}, []
+    svcs = services(cfg)
+    for svc in svcs:
+        if svc.external:
+            result[svc.name] = "external"
+            echo(f"{svc.name:12s} external at {svc.external} (not started locally)")
+            continue
+        if svc.name == "deployments":
+            # Serving needs the Prefect API up: wait for the servers before starting it.
+            _wait_healthy(cfg, waiting, echo)
+            waiting = []
+        if read_pid(cfg, svc.name):
+            result[svc.name] = "running"
+            echo(f"{svc.name:12s} already running (pid {read_pid(cfg, svc.name)})")
+            continue
+        pid = _start(cfg, svc)
+        result[svc.name] = "started"
+        echo(f"{svc.name:12s} started (pid {pid}), log {_log_file(cfg, svc.name)}")
+        waiting.append(svc)
+    _wait_healthy(cfg, waiting, echo)
+    return result
+
+
+def _wait_healthy(cfg: StackConfig, svcs: list[Service], echo) -> None:
+    deadline = time.monotonic() + cfg.health_timeout_s
+    pending = list(svcs)
+    while pending:
+        for svc in list(pending):
+            pid = read_pid(cfg, svc.name)
+            if pid is None:
+                raise StackError(f"{svc.name} exited during start-up; last log lines "
+                                 f"({_log_file(cfg, svc.name)}):\n{_log_tail(_log_file(cfg, svc.name))}")
+            ok = _deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url)
+            if ok:
+                echo(f"{svc.name:12s} healthy")
+                pending.remove(svc)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(s.name for s in pending)
+            tails = "\n".join(f"--- {s.name}:\n{_log_tail(_log_file(cfg, s.name))}" for s in pending)
+            raise StackError(f"not healthy after {cfg.health_timeout_s:.0f} s: {names}\n{tails}")
+        if pending:
+            time.sleep(0.5)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (services start in their own session), else the process alone."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
+                    return True
+            except (ProcessLookupError, PermissionError):
+                continue
+    return False
+
+
+def down(cfg: StackConfig, echo=print, timeout: float = 40.0) -> dict[str, str]:
+    """Stop the services this stack started, by their recorded PID / process group: SIGTERM to all at once (Ray
+    drains for a few seconds), wait up to `timeout`, then SIGKILL whatever is left of those groups."""
+    result, running = {}, {}
+    for svc in reversed(services(cfg)):
+        pid = read_pid(cfg, svc.name)
+        if pid is None:
+            result[svc.name] = "not running"
+        else:
+            running[svc.name] = pid
+            _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running and time.monotonic() < deadline and any(_group_alive(p) or _alive(p) for p in running.values()):
+        time.sleep(0.2)
+    for name, pid in running.items():
+        if _group_alive(pid) or _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            result[name] = "killed (did not stop within timeout)"
+        else:
+            result[name] = "stopped"
+    for svc in reversed(services(cfg)):
+        _pid_file(cfg, svc.name).unlink(missing_ok=True)
+        echo(f"{svc.name:12s} {result[svc.name]}")
+    return result
+
+
+def status(cfg: StackConfig) -> dict[str, dict]:
+    """Per service: state (running/stopped/external/unhealthy), pid and URL."""
+    report = {}
+    urls = {"prefect": cfg.prefect_ui, "mlflow": cfg.mlflow_url, "ray": cfg.ray_dashboard, "deployments": cfg.prefect_ui}
+    for svc in services(cfg):
+        if svc.external:
+            report[svc.name] = {"state": "external", "pid": None, "url": svc.external}
+            continue
+        pid = read_pid(cfg, svc.name)
+        ok = (_deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url)) if pid else False
+        state = "stopped" if pid is None else ("running" if ok else "unhealthy")
+        report[svc.name] = {"state": state, "pid": pid, "url": urls[svc.name]}
+    return report
+
+
+def print_urls(cfg: StackConfig, echo=print) -> None:
+    echo(f"Prefect UI      {cfg.prefect_ui}   (deployments: build-dataset/default, train-nsarm/default)")
+    echo(f"MLflow UI       {cfg.mlflow_url}")
+    echo(f"Ray dashboard   {cfg.ray_dashboard if not cfg.ray_address else cfg.ray_address}")
+    echo(f"State dir       {cfg.state_dir}   (logs/, pids/)")
+    echo("Client env:     " + " ".join(f"{k}={v}" for k, v in cfg.client_env().items()))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(sub) -> None:
+    p = sub.add_parser("stack", help="embedded local Prefect + MLflow + Ray stack")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--state-dir", help="default $NSARM_STATE_DIR or ./.nsarm")
+    p.add_argument("--prefect-port", type=int)
+    p.add_argument("--mlflow-port", type=int)
+    p.add_argument("--ray-port", type=int)
+    p.add_argument("--ray-dashboard-port", type=int)
+    p.add_argument("--ray-cpus", type=int)
+    p.add_argument("--timeout", type=float, help="seconds to wait for health endpoints (default 120)")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    cfg = StackConfig.from_env(state_dir=args.state_dir, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
+                               ray_port=args.ray_port, ray_dashboard_port=args.ray_dashboard_port,
+                               ray_cpus=args.ray_cpus, health_timeout_s=args.timeout)
+    if args.action == "up":
+        try:
+            up(cfg)
+        except StackError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print_urls(cfg)
+    elif args.action == "down":
+        down(cfg)
+    else:
+        report = status(cfg)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            for name, r in report.items():
+                print(f"{name:12s} {r['state']:10s} pid={r['pid'] or '-':<8} {r['url']}")
+        return 0 if all(r["state"] in ("running", "external") for r in report.values()) else 3
+    return 0
