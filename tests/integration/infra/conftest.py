@@ -1,0 +1,172 @@
+"""Service fixtures for the cluster recipes: a throw-away PostgreSQL server and the MLflow server of infra/mlflow/.
+
+PostgreSQL comes from the Debian package (binaries under /usr/lib/postgresql/<version>/bin, not on PATH). The server
+refuses to run as root, so under root every PostgreSQL command runs as the `postgres` user through `runuser`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+START_MLFLOW = REPO / "infra" / "mlflow" / "start-mlflow.sh"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL server's bin directory, or None when no server package is installed."""
+    found = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    found = [d for d in found if (d / "pg_ctl").exists()]
+    # Version directories are integers on Debian (15, 16, …): compare numerically, not as strings.
+    found.sort(key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else -1)
+    return found[-1] if found else None
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+
+    def url(self, db: str) -> str:
+        """SQLAlchemy URL with the psycopg2 driver (a bare postgresql:// would load psycopg 3, not installed)."""
+        return f"postgresql+psycopg2://{self.user}@{self.host}:{self.port}/{db}"
+
+    def connect(self, db: str = "postgres"):
+        import psycopg2
+
+        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname=db)
+        conn.autocommit = True
+        return conn
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL cluster initialised in a temp dir, listening on a free port on 127.0.0.1 (trust auth)."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    as_pg: list[str] = []
+    root = tempfile.mkdtemp(prefix="nsarm-pg-")
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pg = pwd.getpwnam("postgres")
+        except KeyError as e:
+            raise RuntimeError("running as root but there is no 'postgres' user to run the PostgreSQL server") from e
+        os.chown(root, pg.pw_uid, pg.pw_gid)
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(root, "data")
+    port = _free_port()
+    # --no-sync: a throw-away cluster needs no fsync (initdb drops from ~1 s to ~0.3 s on a busy CI disk).
+    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                    "--no-sync"], check=True, capture_output=True, timeout=60)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    start = subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", data, "-l", os.path.join(root, "postgres.log"),
+                            "-o", opts, "-w", "-t", "30", "start"], capture_output=True, text=True, timeout=60)
+    if start.returncode != 0:
+        log = Path(root, "postgres.log").read_text(errors="replace") if Path(root, "postgres.log").exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"pg_ctl start failed ({start.returncode}): {start.stderr}\n{log[-2000:]}")
+    try:
+        yield PostgresServer(host="127.0.0.1", port=port, user="postgres")
+    finally:
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    bucket: str
+    prefix: str          # key prefix of the artifact store inside the bucket
+    database: str
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the server's process group (mlflow spawns uvicorn workers), SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    pgid = os.getpgid(proc.pid)
+    os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    try:  # children still in the group after the parent went
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_s3(postgres_server, moto_s3, tmp_path_factory):
+    """infra/mlflow/start-mlflow.sh with a fresh PostgreSQL database and a moto S3 bucket as artifact store."""
+    import boto3
+
+    db, bucket, prefix = "mlflow", "nsarm-mlflow-recipe", "mlflow-artifacts"
+    conn = postgres_server.connect()
+    try:  # not `with conn:` — psycopg2 ≥ 2.9 opens a transaction there, and CREATE DATABASE refuses to run in one
+        conn.cursor().execute(f"CREATE DATABASE {db}")
+    finally:
+        conn.close()
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
+
+    port = _free_port()
+    env = dict(os.environ)
+    env.update({
+        # the script runs `mlflow` from PATH: the test interpreter's venv
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "MLFLOW_BACKEND_STORE_URI": postgres_server.url(db),
+        "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{bucket}/{prefix}",
+        "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+        "MLFLOW_S3_ENDPOINT_URL": moto_s3,
+        # no server-side job runners (7 extra processes on a 2-core CI box; the recipe does not use them)
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    })
+    log_path = tmp_path_factory.mktemp("mlflow-pg") / "mlflow.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", str(START_MLFLOW)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(uri, proc, log_path, timeout=90)
+        yield MlflowServer(uri=uri, bucket=bucket, prefix=prefix, database=db)
+    finally:
+        _stop_group(proc)
+
+
+def _wait_healthy(uri: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"start-mlflow.sh exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if requests.get(uri + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"MLflow at {uri} not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
