@@ -148,10 +148,16 @@ def _niqe_scorer(crop_border: int) -> Scorer:
     from basicsr.metrics.niqe import calculate_niqe
 
     def score(sr, hr):
-        if min(sr.shape[:2]) - 2 * crop_border < NIQE_MIN_SIDE:
-            raise ValueError(f"NIQE needs >= {NIQE_MIN_SIDE}x{NIQE_MIN_SIDE} px after crop_border={crop_border}, "
-                             f"got {sr.shape[1]}x{sr.shape[0]}")
-        return float(calculate_niqe(sr[..., ::-1], crop_border, input_order="HWC", convert_to="y"))
+        h, w = (d - 2 * crop_border for d in sr.shape[:2])
+        if (h // NIQE_MIN_SIDE) * (w // NIQE_MIN_SIDE) < 2:  # one block gives a singular covariance
+            raise ValueError(f"NIQE needs two {NIQE_MIN_SIDE}x{NIQE_MIN_SIDE} blocks (e.g. 192x96 px) after "
+                             f"crop_border={crop_border}, got {sr.shape[1]}x{sr.shape[0]}")
+        try:
+            return float(calculate_niqe(sr[..., ::-1], crop_border, input_order="HWC", convert_to="y"))
+        except np.linalg.LinAlgError:
+            # A flat image (e.g. a collapsed output) has no natural-scene statistics: its feature covariance is
+            # singular. NaN keeps the image in the table instead of aborting the whole set.
+            return math.nan
 
     return score
 
