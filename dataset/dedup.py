@@ -48,7 +48,8 @@ def remove_duplicates(root: str, cfg: ShardConfig) -> dict[str, int]:
         contract.remove(contract.hr_stats(root, shard))  # un-mark first (see module docstring)
         for r in records:
             if r["key"] in keys:
-                r.update(status=DUPLICATE, duplicate_of=keys[r["key"]], width=None, height=None, jpeg_bytes=None)
+                r.update(status=DUPLICATE, error="duplicate", duplicate_of=keys[r["key"]], width=None, height=None,
+                         jpeg_bytes=None)
         kept = ((k, files) for k, files, err in contract.iter_tar_samples(contract.hr_tar(root, shard))
                 if err is None and k not in keys)
         nbytes, sha, n = write_tar(contract.hr_tar(root, shard), kept)

@@ -30,6 +30,7 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "truncated.jpg": ("failed_to_process", "decode_error"),
     "random.jpg": ("failed_to_process", "not_an_image"),
     "page.html": ("failed_to_process", "not_an_image"),  # served as image/jpeg: caught by the magic bytes
+    "plain.jpg": ("success", None),  # the reference the converted variants are compared with
     "cmyk.jpg": ("success", None),
     "gray16.png": ("success", None),
     "rgba.png": ("success", None),
@@ -80,6 +81,7 @@ def hostile_files(photo: str | Path, size: int = 320) -> dict[str, bytes]:
         "truncated.jpg": jpeg[: len(jpeg) // 3],
         "random.jpg": rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(),
         "page.html": b"<!doctype html><html><body><h1>Not found</h1></body></html>",
+        "plain.jpg": jpeg,
         "cmyk.jpg": _encode(im.convert("CMYK"), "JPEG", quality=90),
         "gray16.png": _encode(Image.fromarray(gray16), "PNG"),
         "rgba.png": _encode(Image.fromarray(rgba), "PNG"),

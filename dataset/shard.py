@@ -219,8 +219,8 @@ class ShardBuilder:
                 if i in todo_set:
                     rec, jpeg = next(results)
                     if jpeg is not None and self.cfg.dedup and rec["sha256"] in seen:
-                        rec.update(status=DUPLICATE, duplicate_of=seen[rec["sha256"]], width=None, height=None,
-                                   jpeg_bytes=None)
+                        rec.update(status=DUPLICATE, error="duplicate", duplicate_of=seen[rec["sha256"]], width=None,
+                                   height=None, jpeg_bytes=None)
                         jpeg = None
                     files = {"jpg": jpeg, "json": self._sample_json(rec, spec.rows[i])} if jpeg else None
                 else:  # retry_failed: an earlier success (copied from the old tar) or duplicate (kept as is)
