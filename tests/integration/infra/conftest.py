@@ -140,6 +140,8 @@ def mlflow_postgres_s3(postgres_server, moto_s3, tmp_path_factory):
         "MLFLOW_BACKEND_STORE_URI": postgres_server.url(db),
         "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{bucket}/{prefix}",
         "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+        # as the k8s manifest does: the names clients use (exercises the script's --allowed-hosts branch)
+        "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
         "MLFLOW_S3_ENDPOINT_URL": moto_s3,
         # no server-side job runners (7 extra processes on a 2-core CI box; the recipe does not use them)
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
