@@ -45,7 +45,7 @@ def run_shards(specs: list[ShardSpec], cfg: ShardConfig, root: str, retry_failed
         options = {"num_cpus": cfg.cpus_per_task, "max_retries": cfg.max_shard_retries}
         if (env := _runtime_env()) is not None:
             options["runtime_env"] = env
-        task = ray.remote(_build_one).options(**options)
+        task = ray.remote(_build_one)
         cfg_ref = ray.put(cfg)
         # Bound the tasks in flight: each carries its rows, and 1,000 queued shards of 10k rows would sit in the
         # object store for nothing.
@@ -54,7 +54,7 @@ def run_shards(specs: list[ShardSpec], cfg: ShardConfig, root: str, retry_failed
         while todo or pending:
             while todo and len(pending) < slots:
                 spec = todo.pop(0)
-                ref = task.options(name=f"shard-{spec.shard_id:06d}").remote(cfg_ref, root, retry_failed, spec)
+                ref = task.options(name=f"shard-{spec.shard_id:06d}", **options).remote(cfg_ref, root, retry_failed, spec)
                 pending[ref] = spec.shard_id
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:

@@ -15,6 +15,7 @@ from dataset.build import build_shards
 from dataset.manifest import write_manifest
 from dataset.shard import ShardBuilder
 from dataset.sources import plan_shards, read_source
+from dataset.verify import verify_root
 
 
 def check_contract(root: str, image_size: int) -> list[str]:
@@ -103,3 +104,14 @@ def test_manifest(tiny_root):
     assert m["lr"]["deg0test"]["complete"] and m["captions"]["cap0test"]["shards"] == [0, 1, 2]
     assert m["hr"]["config"]["image_size"] == 64 and len(m["version"]) == 12
     assert write_manifest(tiny_root, name="tiny")["version"] == m["version"]  # content-derived
+
+
+def test_verify_root_finds_broken_contracts(tiny_root, tmp_path):
+    assert verify_root(tiny_root)["problems"] == [] and verify_root(tiny_root)["samples"] == 12
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_root, broken)
+    samples = [(k, f) for k, f, _ in contract.iter_tar_samples(contract.hr_tar(str(broken), 0))]
+    extra = ("evil", {"jpg": samples[0][1]["jpg"], "json": b'{"key": "x"}'})
+    contract.put_atomic(contract.hr_tar(str(broken), 0), contract.tar_bytes(samples[1:] + [extra]))
+    problems = verify_root(str(broken))["problems"]
+    assert any("differ from parquet" in p for p in problems) and any("names another key" in p for p in problems)
