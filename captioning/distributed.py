@@ -18,11 +18,12 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import replace
 
 import ray
 from ray.exceptions import RayActorError
 
-from captioning.config import CaptionConfig
+from captioning.config import CaptionConfig, preset
 from captioning.worker import CaptionWorker, ShardResult, input_shards, summarize, write_config
 
 log = logging.getLogger(__name__)
@@ -158,22 +159,33 @@ class CaptionPool:
         self.actors.clear()
 
 
-def run_captioning(root: str, cfg: CaptionConfig, ray_address: str | None = None, shards: list[int] | None = None,
-                   num_actors: int | None = None, max_retries: int = 2,
-                   progress: Callable[[dict], None] | None = None) -> dict:
+def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_address: str | None = None,
+                   shards: list[int] | None = None, num_actors: int | None = None, max_retries: int = 2,
+                   progress: Callable[[dict], None] | None = None, **overrides) -> dict:
     """Caption every ready shard of `root` on a Ray actor pool (the build-dataset flow's caption stage).
+
+        run_captioning(root, CaptionConfig(model_path="/models/llava-1.5-13b-hf"))
+        run_captioning(root, backend="metadata")            # preset "paper" with field overrides
+        run_captioning(root, "greedy", model_path="/models/llava-1.5-13b-hf", batch_size=8)
 
     Args:
         root: dataset root (local path or s3://…), as in DESIGN.md §3.
-        cfg: caption config; outputs go to `{root}/captions/{cap_hash(cfg)}/`.
-        ray_address: joins that cluster ("auto", "ray://host:10001"); None starts or reuses a local one.
+        cfg: caption config, or a preset name from `captioning.config.PRESETS` (default "paper"); outputs go to
+            `{root}/captions/{cap_hash(cfg)}/`.
+        ray_address: joins that cluster ("auto", "ray://host:10001"); None uses RAY_ADDRESS when set, else starts
+            (or reuses) a local one.
         shards: shard ids; default every HR shard that is done (and its LR shard, for image="lr").
         num_actors, max_retries, progress: see `CaptionPool`.
+        **overrides: `CaptionConfig` fields replacing those of `cfg` (e.g. backend="metadata").
 
     Returns:
         summary dict: shards, done, skipped, failed {shard: error}, captions, too_long, seconds, captions_per_s,
         cap_hash, actors, actor_failures.
     """
+    if not isinstance(cfg, CaptionConfig):
+        cfg = preset(cfg or "paper", **overrides)
+    elif overrides:
+        cfg = replace(cfg, **overrides)
     if not ray.is_initialized():
         ray.init(address=ray_address)
     t0 = time.perf_counter()
