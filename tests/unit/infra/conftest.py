@@ -1,0 +1,28 @@
+"""Fixtures of the infra consistency tests: the parsed env example, launcher config, prefect.yaml, pyproject."""
+
+from __future__ import annotations
+
+import pytest
+import tomllib
+import yaml
+from infra_files import ENV_EXAMPLE, LAUNCHER, PREFECT, REPO, parse_env_file
+
+
+@pytest.fixture(scope="session")
+def cluster_env() -> dict[str, str]:
+    return parse_env_file(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="session")
+def launcher() -> dict:
+    return yaml.safe_load(LAUNCHER.read_text())
+
+
+@pytest.fixture(scope="session")
+def prefect_cfg() -> dict:
+    return yaml.safe_load(PREFECT.read_text())
+
+
+@pytest.fixture(scope="session")
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
