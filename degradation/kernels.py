@@ -134,16 +134,16 @@ def kernel_from_params(params: dict | None, pad_to: int = 21) -> np.ndarray:
     t, size = params["type"], int(params["size"])
     if t == "sinc":
         return circular_lowpass_kernel(params["omega_c"], size, pad_to)
+    if t not in ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"):
+        raise ValueError(f"unknown kernel type {t!r} in {params}")
     iso = not t.endswith("aniso")
     sx, sy, th = params["sigma_x"], params["sigma_y"], params["theta"]
     if t in ("iso", "aniso"):
         k = gaussian_kernel(size, sx, sy, th, iso)
     elif t.startswith("generalized"):
         k = generalized_gaussian_kernel(size, sx, sy, th, params["beta"], iso)
-    elif t.startswith("plateau"):
-        k = plateau_kernel(size, sx, sy, th, params["beta"], iso)
     else:
-        raise ValueError(f"unknown kernel type {t!r} in {params}")
+        k = plateau_kernel(size, sx, sy, th, params["beta"], iso)
     return pad_kernel(k, pad_to)
 
 
