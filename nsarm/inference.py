@@ -89,6 +89,7 @@ def sample_latent(
     sampling: SamplingConfig,
     generators: Sequence[torch.Generator | None],
     prefix_codes: Sequence[torch.Tensor] = (),
+    trace: dict | None = None,
 ) -> torch.Tensor:
     """The autoregressive scale loop. Returns f̂ (B, d, H, W), the decoder input.
 
@@ -96,6 +97,8 @@ def sample_latent(
         text: PackedText of the B captions.
         grids: transformer grids (h, w); VAE grids are patch × these.
         prefix_codes: codes (B, d, patch·h_k, patch·w_k) for the first K scales (NSARM); () for text-to-image.
+        trace: if a dict is given, it receives per-scale lists 'inputs' (B, h·w, D) of scales >= 1, 'logits'
+            (B, h·w, 2D) before tau/CFG (cond half) and 'bits' (B, h·w, D) — for tests and debugging.
     """
     cfg = sampling.cfg_scale
     B = int(text.lens_B.shape[0])
@@ -116,10 +119,17 @@ def sample_latent(
     x_Bld = None
     for si, (h, w) in enumerate(grids):
         with autocast:
-            logits = transformer.forward_scale(cond, x_Bld, si, grids, cache, full_hw).float() / _tau(sampling, si)
+            logits = transformer.forward_scale(cond, x_Bld, si, grids, cache, full_hw).float()
+        if trace is not None:
+            trace.setdefault("logits", []).append(logits[:B])
+            if si > 0:
+                trace.setdefault("inputs", []).append(x_Bld[:B])
+        logits = logits / _tau(sampling, si)
         if cfg != 1:
             logits = apply_cfg(logits, cfg)
         bits_BlD = sample_bits(logits.view(B, h * w, -1, 2), generators, sampling.top_k, sampling.top_p)
+        if trace is not None:
+            trace.setdefault("bits", []).append(bits_BlD)
         if si < len(prefix_codes):
             code = prefix_codes[si].to(device=device, dtype=f_hat.dtype)  # NSARM: the LR pathway decides these scales
         else:

@@ -115,3 +115,28 @@ def test_bad_inputs_are_named(fast_model, tiny_text_encoder):
         upscale_images(fast_model, [_lr(64, 64), _lr(64, 64)], text)
     with pytest.raises(ValueError, match=r"\(3, h, w\)"):
         upscale_images(fast_model, [torch.rand(64, 64)], text)
+
+
+@pytest.mark.parametrize("next_mode, cfg_scale", [("trilinear", 1.0), ("area", 3.0)])
+def test_sampled_sequence_teacher_forced_gives_the_same_logits(fast_model, tiny_text_encoder, next_mode, cfg_scale):
+    """KV-cache sampling == teacher forcing of the sampled sequence, scale by scale, and bits follow the inputs."""
+    from nsarm.bits import bits_to_codes
+    from nsarm.inference import sample_latent
+    from nsarm.scales import decompose, from_tokens, get_schedule, patchify, to_tokens, unpatchify
+
+    tr = fast_model.transformer
+    grids = get_schedule("0.06M", 1.0, 2).grids
+    text = tiny_text_encoder.encode(["a lake at dawn", "two cats"])
+    trace = {}
+    gens = [torch.Generator().manual_seed(k) for k in (0, 1)]
+    sampling = SamplingConfig(cfg_scale=cfg_scale, tau=0.7, next_mode=next_mode)
+    f_hat = sample_latent(tr, text, grids, 2, 8, sampling, gens, trace=trace)
+    with torch.no_grad():
+        full = tr(text, torch.cat(trace["inputs"], dim=1), grids)
+    torch.testing.assert_close(torch.cat(trace["logits"], dim=1), full, atol=1e-4, rtol=1e-4)
+    # the inputs are the next-scale resize of the accumulated codes of the sampled bits (Alg. 1 with those codes)
+    codes = [bits_to_codes(unpatchify(from_tokens(b, h, w), 2)) for b, (h, w) in zip(trace["bits"], grids, strict=True)]
+    ref = decompose(f_hat, [(2 * h, 2 * w) for h, w in grids], up="trilinear", next_mode=next_mode, prefix=codes)
+    for got, want in zip(trace["inputs"], ref.inputs, strict=True):
+        torch.testing.assert_close(got, to_tokens(patchify(want, 2)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref.f_hat, f_hat, atol=1e-5, rtol=1e-5)
