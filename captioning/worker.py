@@ -87,8 +87,8 @@ def decode_image(data: bytes | None):
 
 
 def _parse_meta(files: dict[str, bytes]) -> tuple[dict, str]:
-    if "json" not in files:
-        return {}, "no .json metadata"
+    if "json" not in files:  # legitimate (e.g. a local-folder source); the metadata backend records its fallback
+        return {}, ""
     try:
         meta = json.loads(files["json"])
         return (meta, "") if isinstance(meta, dict) else ({}, ".json is not an object")
@@ -131,6 +131,7 @@ class CaptionWorker:
         self.captioner = captioner if captioner is not None else build_captioner(cfg)
         self.count_tokens = T5TokenCounter(text_tokenizer) if text_tokenizer is not None \
             else T5TokenCounter.from_config(cfg)
+        self._config_written = False
 
     def _read(self, shard: int):
         """HR samples in tar order as (key, image bytes or None, meta, note), plus the rejected tar members."""
@@ -145,7 +146,8 @@ class CaptionWorker:
         if self.cfg.image == "lr":
             lr = {k: f.get("png") for k, f, e in contract.iter_tar_samples(
                 contract.lr_tar(self.root, self.cfg.deg_hash, shard)) if f is not None}
-            samples = [(k, lr.get(k), m, "" if k in lr else "key missing from LR tar") for k, _, m, _ in samples]
+            samples = [(k, lr.get(k), m, "; ".join(x for x in (note, "" if k in lr else "key missing from LR tar") if x))
+                       for k, _, m, note in samples]
         return samples, rejected
 
     def _caption(self, shard: int, samples) -> list[dict]:
@@ -200,6 +202,9 @@ class CaptionWorker:
             stats_url = contract.caption_stats(self.root, self.hash, shard)
             if contract.exists(stats_url):
                 return ShardResult(True, shard, contract.read_json(stats_url)["n"], skipped=True)
+            if not self._config_written:  # the config beside the captions (G3), also when called outside a runner
+                write_config(self.root, self.cfg)
+                self._config_written = True
             samples, rejected = self._read(shard)
             rows = self._caption(shard, samples)
             seconds = time.perf_counter() - t0
