@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import tomllib
 import yaml
 from infra_files import ENV_EXAMPLE, LAUNCHER, PREFECT, REPO, parse_env_file
 
@@ -25,4 +24,8 @@ def prefect_cfg() -> dict:
 
 @pytest.fixture(scope="session")
 def pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pip's vendored copy of the same parser
+        from pip._vendor import tomli as tomllib
     return tomllib.loads((REPO / "pyproject.toml").read_text())
