@@ -1,0 +1,49 @@
+"""`nsarm degrade ROOT --preset realesrgan [--seed N] [--shards 0,1]`: single-process degradation of HR shards.
+
+For debugging a stage without Ray; the build-dataset flow uses `degradation.distributed.run_degradation`.
+Prints one JSON line per shard and a totals line; exits 1 if any shard failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _shards(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shards expects comma-separated integers, got {text!r}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dataset import contract
+    from degradation.config import PRESETS
+    from degradation.worker import DegradeShard
+
+    cfg = PRESETS[args.preset]
+    shards = args.shards if args.shards is not None else contract.list_shards(args.root, "hr", done_only=True)
+    worker = DegradeShard(args.root, cfg, args.seed, batch_size=args.batch_size, device=args.device)
+    failed, n_ok, n_bad = 0, 0, 0
+    for shard in shards:
+        res = worker(shard)
+        failed += not res.ok
+        n_ok, n_bad = n_ok + res.n, n_bad + res.n_bad
+        print(json.dumps({k: v for k, v in res.to_dict().items() if k != "bad"}))
+    print(json.dumps({"deg_hash": worker.deg_hash, "lr_dir": contract.lr_dir(args.root, worker.deg_hash),
+                      "shards": len(shards), "n_ok": n_ok, "n_bad": n_bad, "n_failed": failed}))
+    return 1 if failed else 0
+
+
+def register(subparsers) -> None:
+    from degradation.config import PRESETS  # light: dataclasses only
+
+    p = subparsers.add_parser("degrade", help="Real-ESRGAN degradation of {root}/hr shards into {root}/lr/{hash}")
+    p.add_argument("root", help="dataset root (local path or s3://bucket/prefix)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="realesrgan")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (with the config, names the output folder)")
+    p.add_argument("--shards", type=_shards, default=None, help="e.g. 0,3,7 (default: every done HR shard)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,97 @@
+"""Ray adapter (the only Ray code of degradation/): one Ray task per HR shard, running `DegradeShard`.
+
+    from degradation.distributed import run_degradation
+    totals = run_degradation("s3://bucket/ds", PRESETS["realesrgan"], seed=0)              # or ray_address="auto"
+
+Each task asks for `gpus_per_task` of a GPU when the cluster has GPUs (several shards share one device), else one
+CPU. Failed shards (ShardResult.ok False) are resubmitted up to `retries` times; done shards are skipped by the
+worker itself (their `_stats.json` exists), so rerunning the same call is the recovery path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import ray
+
+from dataset import contract
+from degradation.config import DegradationConfig
+from degradation.worker import DegradeShard, ShardResult, ensure_config_json
+
+log = logging.getLogger(__name__)
+_FORWARDED_ENV = ("AWS_", "FSSPEC_", "S3_")  # object-store settings the worker processes need to reach the root
+
+
+@ray.remote(max_retries=2)  # infrastructure failures (a lost node); shard errors come back as ShardResult
+def _degrade_shard_task(root: str, cfg: dict, seed: int, shard: int, batch_size: int, hr_size: int | None) -> dict:
+    worker = DegradeShard(root, DegradationConfig.from_dict(cfg), seed, batch_size=batch_size, hr_size=hr_size)
+    return worker(shard).to_dict()
+
+
+def _runtime_env(root: str) -> dict | None:
+    """Forward the driver's object-store environment (endpoint, credentials) to the tasks for remote roots: worker
+    processes of an already running cluster do not inherit the driver's environment."""
+    if "://" not in root or root.startswith("file://"):
+        return None
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
+    return {"env_vars": env} if env else None
+
+
+def run_degradation(root: str, cfg: DegradationConfig, seed: int, ray_address: str | None = None,
+                    shards: list[int] | None = None, batch_size: int = 8, hr_size: int | None = None,
+                    gpus_per_task: float = 0.25, retries: int = 2) -> dict:
+    """Degrade every done HR shard of `root` (or `shards`) on a Ray cluster; the build-dataset flow calls this.
+
+    Args:
+        root: dataset root URL (local path or s3://…).
+        cfg, seed: the degradation config and dataset seed; output goes to {root}/lr/{deg_hash(cfg, seed)}.
+        ray_address: None = the running/implicit local cluster, "auto" or "ray://host:10001" to join one.
+        shards: shard ids; None = those with `{root}/hr/{shard}_stats.json`.
+        gpus_per_task: GPU fraction per task when the cluster has GPUs.
+    Returns:
+        {"deg_hash", "lr_dir", "shards", "n_ok", "n_bad", "n_failed", "failed": {shard: err}, "skipped",
+         "seconds", "images_per_s"}.
+    """
+    if not ray.is_initialized():
+        ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+    t0 = time.monotonic()
+    h = ensure_config_json(root, cfg, seed)
+    todo = sorted(contract.list_shards(root, "hr", done_only=True) if shards is None else shards)
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    opts = {"num_gpus": gpus_per_task, "num_cpus": 1} if has_gpu else {"num_cpus": 1}
+    env = _runtime_env(root)
+    if env:
+        opts["runtime_env"] = env
+    task = _degrade_shard_task.options(**opts)
+
+    results: dict[int, ShardResult] = {}
+    attempt_left = {s: retries for s in todo}
+    pending = {task.remote(root, cfg.to_dict(), seed, s, batch_size, hr_size): s for s in todo}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        shard = pending.pop(done[0])
+        try:
+            res = ShardResult(**ray.get(done[0]))
+        except Exception as e:  # the task itself died (after Ray's own retries)
+            res = ShardResult(False, shard, err=f"task failed: {type(e).__name__}: {e}")
+        if not res.ok and attempt_left[shard] > 0:
+            attempt_left[shard] -= 1
+            log.warning("shard %06d failed (%s), retrying", shard, (res.err or "").splitlines()[0])
+            pending[task.remote(root, cfg.to_dict(), seed, shard, batch_size, hr_size)] = shard
+            continue
+        results[shard] = res
+        log.info("degrade %d/%d shards (shard %06d: %s, %d ok, %d bad)", len(results), len(todo), shard,
+                 "skipped" if res.skipped else ("ok" if res.ok else "FAILED"), res.n, res.n_bad)
+
+    seconds = time.monotonic() - t0
+    fresh = sum(r.n for r in results.values() if r.ok and not r.skipped)
+    return {
+        "deg_hash": h, "lr_dir": contract.lr_dir(root, h), "shards": len(todo),
+        "n_ok": sum(r.n for r in results.values() if r.ok), "n_bad": sum(r.n_bad for r in results.values()),
+        "n_failed": sum(not r.ok for r in results.values()),
+        "failed": {s: r.err for s, r in results.items() if not r.ok},
+        "skipped": sum(r.skipped for r in results.values()), "seconds": round(seconds, 3),
+        "images_per_s": round(fresh / max(seconds, 1e-9), 3),
+    }
