@@ -38,7 +38,9 @@ if [[ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]]; then
   extra+=(--allowed-hosts "$MLFLOW_ALLOWED_HOSTS")
 fi
 
-echo "start-mlflow.sh: backend ${MLFLOW_BACKEND_STORE_URI%%@*}@… artifacts $MLFLOW_ARTIFACTS_DESTINATION on $host:$port" >&2
+# Log where the database is, never who logs in with what password.
+echo "start-mlflow.sh: backend postgresql+psycopg2://…@${MLFLOW_BACKEND_STORE_URI#*@}" \
+     "artifacts $MLFLOW_ARTIFACTS_DESTINATION, listening on $host:$port" >&2
 # --serve-artifacts: clients upload through the server (mlflow-artifacts:/ URIs), so training pods need no S3 write
 # access to the MLflow bucket; multi-GB checkpoints are NOT sent this way (they stay on NSARM_STORAGE, see DESIGN §5).
 # The schema migration runs on start (alembic); exec so the caller's SIGTERM reaches the server.

@@ -24,7 +24,9 @@ START_MLFLOW = INFRA / "mlflow" / "start-mlflow.sh"
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
 CONSTRAINTS = INFRA / "docker" / "constraints.txt"
 
-_ENV_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(\S*)$")
+# No quotes, `$` or `export`: the same file feeds `set -a; . file`, docker --env-file and kubectl --from-env-file,
+# which agree only on plain KEY=value.
+_ENV_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=([^\s\"'$`]*)$")
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
