@@ -43,14 +43,7 @@ def test_pool_finishes_every_shard_after_an_actor_is_killed(ray_local, ray_capti
         for name in (f"{shard:06d}.tar", f"{shard:06d}_stats.json"):
             contract.put_atomic(contract.join(local_root, "hr", name),
                                 open(contract.join(ray_caption_root, "hr", name), "rb").read())
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the 1-CPU actors; 2 spinning threads on a busy 2-core box are far slower
-    try:
-        caption_shards(local_root, cfg)
-    finally:
-        torch.set_num_threads(threads)
+    caption_shards(local_root, cfg)
     for shard in range(6):
         assert read_captions(ray_caption_root, h, shard) == read_captions(local_root, h, shard)
 

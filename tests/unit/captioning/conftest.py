@@ -37,3 +37,15 @@ def caption_root(tmp_path, photo_samples):
     for shard in range(3):
         write_hr_shard(root, shard, photo_samples[4 * shard:4 * shard + 4])
     return root
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny LLaVA does microsecond-sized matmuls: with 2 OpenMP threads on a busy shared 2-core box they spin
+    and each test ran 10-40x slower. One thread for these tests only; restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
