@@ -2,8 +2,8 @@
 
     nsarm caption /data/ds --backend metadata                                   # Unsplash descriptions, no model
     nsarm caption /data/ds --model-path /models/llava-1.5-13b-hf --ray auto     # the paper's LLaVA on a cluster
-    python -m captioning.tiny /tmp/tiny-llava && \
-        nsarm caption /data/ds --model-path /tmp/tiny-llava --greedy --max-new-tokens 16   # CPU smoke run
+    python -m captioning.tiny /tmp/tiny-llava                                   # CPU smoke run: a tiny random
+    nsarm caption /data/ds --model-path /tmp/tiny-llava --greedy --max-new-tokens 16   # LLaVA, then caption with it
 
 Prints the run summary as JSON; exits 1 when a shard failed. Rerunning the same command resumes.
 """

@@ -59,3 +59,16 @@ def test_missing_model_dir_fails_fast_with_the_path(ray_local, ray_caption_root,
     with pytest.raises(RuntimeError) as err:
         run_captioning(ray_caption_root, model_path=missing, num_actors=1)  # preset "paper" + override
     assert missing in str(err.value) and "llava-hf/llava-1.5-13b-hf" in str(err.value)
+
+
+def test_captions_on_s3_root(s3_bucket, sample_photos):
+    """The same contract on an object store (moto S3): fsspec URLs end to end, resume included."""
+    from captioning.tiny import photo_jpeg, write_hr_shard
+
+    root = f"{s3_bucket}/ds"
+    samples = [(p.photo_id, photo_jpeg(p.path, 64), {"ai_description": p.path.stem}) for p in sample_photos[:3]]
+    write_hr_shard(root, 0, samples)
+    cfg = CaptionConfig(backend="metadata")
+    assert caption_shards(root, cfg)["captions"] == 3
+    assert read_captions(root, cap_hash(cfg), 0) == {k: m["ai_description"] for k, _, m in samples}
+    assert caption_shards(root, cfg)["skipped"] == 1
