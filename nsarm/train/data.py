@@ -1,0 +1,142 @@
+"""Training batches from a dataset root (DESIGN §3): HR + LR + caption, split by rank, with a resumable position.
+
+Letters: B micro batch, H×W the HR size of the model (256² tiny, 1024² NSARM-8B), h×w = H/4 × W/4 the LR size.
+
+    versions = pick_versions(root, deg_hash=None, cap_hash=None)      # the LR / caption versions to train on
+    stream = BatchStream(root, versions, rank, world, micro_batch=2, hr_size=256, lr_size=64, seed=0)
+    stream.load_state_dict(ckpt["data"])                              # resume: same epoch, same position
+    batch = next(stream)      # Batch(hr_B3HW, lr_B3hw in [0, 1], captions, keys); stream.state_dict() after it
+
+`dataset.reader.DatasetReader` owns the order (a pure function of seed and epoch) and the rank split; this module
+only keeps the position as (epoch, consumed samples of this rank) and turns samples into tensors. A partial last
+micro batch of an epoch is dropped (every rank steps in lockstep under DDP), and the next epoch starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import torch
+
+from dataset import contract
+from dataset.reader import DatasetReader
+
+
+@dataclass(frozen=True)
+class Versions:
+    deg_hash: str  # LR version ({root}/lr/{deg_hash})
+    cap_hash: str | None  # caption version ({root}/captions/{cap_hash}); None = empty captions
+
+
+@dataclass
+class Batch:
+    hr_B3HW: torch.Tensor  # float [0, 1]
+    lr_B3hw: torch.Tensor  # float [0, 1]
+    captions: list[str]
+    keys: list[str]
+
+
+def _subdirs(url: str) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+
+
+def pick_versions(root: str, deg_hash: str | None = None, cap_hash: str | None = None) -> Versions:
+    """Resolve the LR and caption versions to train on.
+
+    With no hash given, the dataset must hold exactly one LR version (and at most one caption version); several
+    is an error naming them, because silently training on one of them would hide the choice.
+    """
+    root = root.rstrip("/")
+    if not contract.list_shards(root, "hr"):
+        raise FileNotFoundError(f"dataset root {root}: no done HR shards (run build-dataset first)")
+    lrs = _subdirs(contract.join(root, "lr"))
+    if deg_hash is None:
+        if len(lrs) != 1:
+            raise ValueError(f"dataset root {root}: {len(lrs)} LR versions {lrs} under lr/; set deg_hash "
+                             f"(TrainConfig.deg_hash) to one of them" if lrs else
+                             f"dataset root {root}: no LR version under lr/ (run the degrade stage)")
+        deg_hash = lrs[0]
+    elif deg_hash not in lrs:
+        raise FileNotFoundError(f"dataset root {root}: LR version {deg_hash!r} not found; have {lrs}")
+    caps = _subdirs(contract.join(root, "captions"))
+    if cap_hash is None:
+        if len(caps) > 1:
+            raise ValueError(f"dataset root {root}: {len(caps)} caption versions {caps}; set cap_hash")
+        cap_hash = caps[0] if caps else None
+    elif cap_hash not in caps:
+        raise FileNotFoundError(f"dataset root {root}: caption version {cap_hash!r} not found; have {caps}")
+    return Versions(deg_hash, cap_hash)
+
+
+def to_tensor(img_HW3: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (h, w, 3) → float (3, size, size) in [0, 1]; resized (PIL bicubic) when its size differs.
+
+    The dataset stores HR 1024² and LR 256²; the tiny preset trains at 256² / 64², so a tiny run on a full-size
+    dataset resizes here (both by the same factor, keeping the ×4 relation).
+    """
+    if img_HW3.ndim != 3 or img_HW3.shape[2] != 3 or img_HW3.dtype != np.uint8:
+        raise ValueError(f"expected an (h, w, 3) uint8 image, got {img_HW3.shape} {img_HW3.dtype}")
+    if img_HW3.shape[:2] != (size, size):
+        from PIL import Image
+
+        img_HW3 = np.asarray(Image.fromarray(img_HW3).resize((size, size), Image.BICUBIC))
+    return torch.from_numpy(np.array(img_HW3)).permute(2, 0, 1).float() / 255
+
+
+class BatchStream:
+    """Endless micro batches of one rank; position = (epoch, consumed samples this epoch)."""
+
+    def __init__(self, root: str, versions: Versions, rank: int, world_size: int, micro_batch: int, hr_size: int,
+                 lr_size: int, seed: int = 0, block_size: int = 256):
+        self.reader = DatasetReader(root, deg_hash=versions.deg_hash, cap_hash=versions.cap_hash, rank=rank,
+                                    world_size=world_size, seed=seed, shuffle=True, block_size=block_size,
+                                    batch_size=micro_batch, drop_last=True)
+        self.micro_batch, self.hr_size, self.lr_size = micro_batch, hr_size, lr_size
+        if len(self.reader) < micro_batch:
+            raise ValueError(f"dataset {root} gives rank {rank}/{world_size} {len(self.reader)} samples per epoch, "
+                             f"fewer than one micro batch of {micro_batch}")
+        self.epoch, self.consumed = 0, 0
+        self._it = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.reader.num_samples
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.reader.seed,
+                "num_samples": self.reader.num_samples, "world_size": self.reader.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("world_size", self.reader.world_size) != self.reader.world_size:
+            raise ValueError(f"data position was saved with {state['world_size']} workers, this run has "
+                             f"{self.reader.world_size}; resume with the same num_workers")
+        self.reader.load_state_dict({**state, "consumed": 0})  # validates seed / dataset size
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        self._it = None
+
+    def _open(self) -> None:
+        self.reader.set_epoch(self.epoch)
+        self.reader.consumed = self.consumed  # the reader starts this many samples into the rank's range
+        self._it = iter(self.reader)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        if len(self.reader) - self.consumed < self.micro_batch:  # partial tail: next epoch
+            self.epoch, self.consumed, self._it = self.epoch + 1, 0, None
+        if self._it is None:
+            self._open()
+        samples = [next(self._it) for _ in range(self.micro_batch)]
+        self.consumed += self.micro_batch
+        return Batch(
+            hr_B3HW=torch.stack([to_tensor(s["hr"], self.hr_size) for s in samples]),
+            lr_B3hw=torch.stack([to_tensor(s["lr"], self.lr_size) for s in samples]),
+            captions=[s.get("caption") or "" for s in samples],
+            keys=[s["key"] for s in samples],
+        )
