@@ -97,7 +97,8 @@ def _read_table(url: str):
         with fsspec.open(url, "rt", compression="infer", encoding="utf-8") as f:
             return pd.DataFrame({"url": [line.strip() for line in f if line.strip()]})
     sep = "\t" if ".tsv" in lower else ","
-    return pd.read_csv(url, sep=sep, dtype=str, keep_default_na=False, compression="infer", quoting=3 if sep == "\t" else 0)
+    # default quoting, as the Unsplash loader (pd.read_csv(sep="\t")) and our writer (csv.DictWriter) use
+    return pd.read_csv(url, sep=sep, dtype=str, keep_default_na=False, compression="infer")
 
 
 def _unsplash_rows(source: str, cfg: ShardConfig, limit: int | None) -> list[SourceRow]:

@@ -115,3 +115,16 @@ def test_verify_root_finds_broken_contracts(tiny_root, tmp_path):
     contract.put_atomic(contract.hr_tar(str(broken), 0), contract.tar_bytes(samples[1:] + [extra]))
     problems = verify_root(str(broken))["problems"]
     assert any("differ from parquet" in p for p in problems) and any("names another key" in p for p in problems)
+
+
+def test_nsarm_shard_cli(sample_photos, tmp_path, capsys):
+    from nsarm.cli import main
+
+    root = str(tmp_path / "ds")
+    argv = ["shard", str(sample_photos[0].path.parent), root, "--preset", "tiny", "--image-size", "48",
+            "--min-side", "48", "--limit", "3", "--shard-size", "2"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["successes"] == 3 and summary["shards_total"] == 2
+    assert verify_root(root)["problems"] == [] and verify_root(root)["samples"] == 3
+    assert contract.read_json(contract.join(root, "hr", "config.json"))["config"]["image_size"] == 48
