@@ -9,25 +9,17 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from infra_services import free_port, stop_group, wait_healthy
 
 REPO = Path(__file__).resolve().parents[3]
 START_MLFLOW = REPO / "infra" / "mlflow" / "start-mlflow.sh"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_bin() -> Path | None:
@@ -57,7 +49,7 @@ class PostgresServer:
         return conn
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def postgres_server():
     """A PostgreSQL cluster initialised in a temp dir, listening on a free port on 127.0.0.1 (trust auth)."""
     bindir = _postgres_bin()
@@ -75,7 +67,7 @@ def postgres_server():
         os.chown(root, pg.pw_uid, pg.pw_gid)
         as_pg = ["runuser", "-u", "postgres", "--"]
     data = os.path.join(root, "data")
-    port = _free_port()
+    port = free_port()
     # --no-sync: a throw-away cluster needs no fsync (initdb drops from ~1 s to ~0.3 s on a busy CI disk).
     subprocess.run([*as_pg, str(bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                     "--no-sync"], check=True, capture_output=True, timeout=60)
@@ -102,24 +94,9 @@ class MlflowServer:
     database: str
 
 
-def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the server's process group (mlflow spawns uvicorn workers), SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    pgid = os.getpgid(proc.pid)
-    os.killpg(pgid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(pgid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    try:  # children still in the group after the parent went
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_postgres_s3(postgres_server, moto_s3, tmp_path_factory):
     """infra/mlflow/start-mlflow.sh with a fresh PostgreSQL database and a moto S3 bucket as artifact store."""
     import boto3
@@ -132,7 +109,7 @@ def mlflow_postgres_s3(postgres_server, moto_s3, tmp_path_factory):
         conn.close()
     boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update({
         # the script runs `mlflow` from PATH: the test interpreter's venv
@@ -152,23 +129,9 @@ def mlflow_postgres_s3(postgres_server, moto_s3, tmp_path_factory):
                                 start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(uri, proc, log_path, timeout=90)
+        wait_healthy(uri + "/health", proc, log_path, timeout=90)
         yield MlflowServer(uri=uri, bucket=bucket, prefix=prefix, database=db)
     finally:
-        _stop_group(proc)
+        stop_group(proc)
 
 
-def _wait_healthy(uri: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"start-mlflow.sh exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(uri + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"MLflow at {uri} not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
