@@ -27,18 +27,24 @@ class BasicSRChain:
         self.jpeger = DiffJPEG(differentiable=False)
         self.usm = USMSharp(radius=usm_radius)
 
+    def to(self, device) -> BasicSRChain:
+        self.jpeger, self.usm = self.jpeger.to(device), self.usm.to(device)
+        return self
+
     def _noise(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         from basicsr.data.degradations import add_gaussian_noise_pt, add_poisson_noise_pt
 
         torch.manual_seed(p["seed"])
-        gray = torch.tensor([1.0 if p["gray"] else 0.0])
+        gray = torch.tensor([1.0 if p["gray"] else 0.0], device=x.device)
         if p["kind"] == "gaussian":
-            return add_gaussian_noise_pt(x, sigma=torch.tensor([p["sigma"]]), gray_noise=gray, clip=True, rounds=False)
-        return add_poisson_noise_pt(x, scale=torch.tensor([p["scale"]]), gray_noise=gray, clip=True, rounds=False)
+            sigma = torch.tensor([p["sigma"]], device=x.device)
+            return add_gaussian_noise_pt(x, sigma=sigma, gray_noise=gray, clip=True, rounds=False)
+        scale = torch.tensor([p["scale"]], device=x.device)
+        return add_poisson_noise_pt(x, scale=scale, gray_noise=gray, clip=True, rounds=False)
 
     def _jpeg(self, x: torch.Tensor, quality: float) -> torch.Tensor:
         # DiffJPEG returns a channels-last-strided tensor on which filter2D fails: make it contiguous.
-        return self.jpeger(torch.clamp(x, 0, 1), quality=torch.tensor([quality], dtype=torch.float32)).contiguous()
+        return self.jpeger(torch.clamp(x, 0, 1), quality=torch.tensor([quality], dtype=torch.float32, device=x.device)).contiguous()
 
     @torch.no_grad()
     def __call__(self, hr_13HW: torch.Tensor, params: dict) -> torch.Tensor:
@@ -46,7 +52,7 @@ class BasicSRChain:
         from basicsr.utils.img_process_util import filter2D
 
         def k(p):
-            return torch.FloatTensor(kernel_from_params(p, params["kernel_pad"])).unsqueeze(0)
+            return torch.FloatTensor(kernel_from_params(p, params["kernel_pad"])).unsqueeze(0).to(hr_13HW.device)
 
         ori_h, ori_w = hr_13HW.shape[-2:]
         scale = params["scale"]
