@@ -134,10 +134,15 @@ class DegradeShard:
         good: list[tuple[str, np.ndarray]] = []
         bad: list[dict] = []
         expected = self.hr_size
+        seen: set[str] = set()
         for key, files, err in contract.iter_tar_samples(hr_url):
             if err is not None:
                 bad.append({"key": key, "reason": f"{err}: {key!r}"})
                 continue
+            if key in seen:  # a second run of members with the same key: the LR tar must keep keys unique
+                bad.append({"key": key, "reason": f"duplicate key {key!r} (members not adjacent in the tar)"})
+                continue
+            seen.add(key)
             img, reason = _decode(key, files)
             if img is not None:
                 expected = expected or (img.shape[0] if img.shape[0] == img.shape[1] else None)

@@ -117,7 +117,7 @@ def test_bad_samples_are_recorded_and_skipped(tmp_path, sample_photos, hr_tools)
     not_square = ("rect", {"jpg": _jpeg(np.zeros((256, 200, 3), np.uint8))})
     broken = ("broken", {"jpg": good[0][1]["jpg"][:500], "json": b"{}"})
     no_image = ("meta-only", {"json": b"{}"})
-    samples = [good[0], wrong_size, broken, not_square, no_image, good[1]]
+    samples = [good[0], wrong_size, broken, not_square, no_image, good[1], (good[0][0], {"jpg": good[0][1]["jpg"]})]
     buf = io.BytesIO(contract.tar_bytes(samples))
     buf.seek(0, 2)
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue()), mode="r:") as src, \
@@ -131,8 +131,9 @@ def test_bad_samples_are_recorded_and_skipped(tmp_path, sample_photos, hr_tools)
     contract.put_atomic(contract.hr_tar(root, 0), (tmp_path / "x.tar").read_bytes())
 
     res = DegradeShard(root, CFG, 0)(0)
-    assert res.ok and res.n == 2 and res.n_bad == 5, res
+    assert res.ok and res.n == 2 and res.n_bad == 6, res
     reasons = {b["key"]: b["reason"] for b in res.bad}
+    assert reasons[good[0][0]].startswith("duplicate key")
     assert "expected 256x256" in reasons[wrong_size[0]]
     assert reasons["broken"].startswith("undecodable image broken.jpg")
     assert "must be square" in reasons["rect"]
@@ -141,7 +142,7 @@ def test_bad_samples_are_recorded_and_skipped(tmp_path, sample_photos, hr_tools)
     h = deg_hash(CFG, 0)
     assert [k for k, _ in _lr_samples(root, h, 0)] == [good[0][0], good[1][0]]
     stats = contract.read_json(contract.lr_stats(root, h, 0))
-    assert stats["n_input"] == 7 and stats["n_bad"] == 5 and sum(stats["errors"].values()) == 5
+    assert stats["n_input"] == 8 and stats["n_bad"] == 6 and sum(stats["errors"].values()) == 6
     assert not (tmp_path / "evil.jpg").exists() and not (tmp_path.parent / "evil.jpg").exists()
 
 
