@@ -158,13 +158,13 @@ class DatasetReader(torch.utils.data.IterableDataset):
                 # positions q in [lo, hi) of this shard that belong to this worker: batch (q - first) // bs
                 wanted = {int(order[q - pos]): q for q in range(lo, hi)
                           if ((q - first) // self.batch_size) % nw == wid}
-                if wanted:
-                    yield from self._read_shard(si, order, wanted)
+                for sample in self._read_shard(si, order, wanted) if wanted else ():
+                    if nw == 1:  # in-process iteration: keep the position live (a break leaves it exact)
+                        self.consumed += 1
+                    yield sample
             pos += len(order)
             if pos >= end:
                 break
-        if nw == 1:
-            self.consumed = end - start  # in-process iteration: the epoch is finished
 
     def _read_shard(self, si: int, order: np.ndarray, wanted: dict[int, int]) -> Iterator[dict]:
         shard = self.index[si].shard

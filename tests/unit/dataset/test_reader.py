@@ -96,3 +96,15 @@ def test_resume_with_workers_and_ranks(tiny_root):
 def test_state_from_another_dataset_is_refused(tiny_root):
     with pytest.raises(ValueError, match="another dataset or seed"):
         DatasetReader(tiny_root).load_state_dict({"epoch": 0, "consumed": 3, "seed": 0, "num_samples": 99})
+
+
+def test_in_process_position_follows_iteration(tiny_root):
+    r = DatasetReader(tiny_root, seed=2, decode=False)
+    order = keys_of(DatasetReader(tiny_root, seed=2, decode=False))
+    it = iter(r)
+    head = [next(it)["key"] for _ in range(5)]
+    state = r.state_dict()
+    assert state["consumed"] == 5
+    resumed = DatasetReader(tiny_root, seed=2, decode=False)
+    resumed.load_state_dict(state)
+    assert head + keys_of(resumed) == order
