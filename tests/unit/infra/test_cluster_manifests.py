@@ -39,10 +39,15 @@ def _bucket(uri: str) -> str:
     return uri.removeprefix("s3://").split("/", 1)[0]
 
 
-def test_launcher_config_matches_rays_own_schema(launcher):
-    # `ray up` validates against this schema; catching a typo here saves a failed cluster start.
+def test_launcher_config_passes_rays_own_validation(launcher):
+    # What `ray up` does before touching the cloud: merge the provider defaults, check the schema and node types.
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
     schema_path = Path(importlib.util.find_spec("ray").submodule_search_locations[0]) / "autoscaler" / "ray-schema.json"
-    jsonschema.validate(launcher, json.loads(schema_path.read_text()))
+    jsonschema.validate(launcher, json.loads(schema_path.read_text()))  # as written, before defaults fill gaps
+    validate_config(prepare_config(copy.deepcopy(launcher)))
 
 
 def test_launcher_has_sixteen_gpus_on_two_nodes(launcher):
