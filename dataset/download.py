@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -185,19 +186,35 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def imap_ordered(fn: Callable[[T], R], items: Iterable[T], threads: int, window: int | None = None) -> Iterator[R]:
+def imap_ordered(fn: Callable[[T], R], items: Iterable[T], threads: int, window: int | None = None,
+                 timeout: float | None = None, on_timeout: Callable[[T], R] | None = None) -> Iterator[R]:
     """`map(fn, items)` on a thread pool, results in input order, at most `window` in flight.
 
     The bounded window keeps memory flat however long the shard is (ThreadPoolExecutor.map would submit
-    everything at once and hold every finished result until it is consumed).
+    everything at once and hold every finished result until it is consumed). `timeout` is a watchdog for what
+    the socket timeouts cannot bound (a DNS lookup stuck in getaddrinfo, a wedged decoder): an item without a
+    result `timeout` seconds after we start waiting for it yields `on_timeout(item)` and is abandoned (its
+    thread is left to finish on its own; the pool is not joined).
     """
     window = window or 2 * threads
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch") as pool:
-        pending: deque = deque()
-        for item in it:
-            pending.append(pool.submit(fn, item))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
+    pending: deque = deque()
+
+    def result(fut, item):
+        try:
+            return fut.result(timeout=timeout)
+        except FutureTimeout:
+            if on_timeout is None:
+                raise
+            fut.cancel()
+            return on_timeout(item)
+
+    try:
+        for item in items:
+            pending.append((pool.submit(fn, item), item))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield result(*pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield result(*pending.popleft())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

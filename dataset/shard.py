@@ -161,10 +161,7 @@ class ShardBuilder:
     # -- one row: fetch + normalise (runs in the thread pool)
     def _process(self, item: tuple[int, ShardSpec]) -> tuple[dict, bytes | None]:
         i, spec = item
-        row, key = spec.rows[i], spec.keys[i]
-        rec = {f.name: None for f in PARQUET_SCHEMA}
-        rec.update(key=key, index=i, source=row.source, caption=row.caption or "",
-                   meta=json.dumps(row.meta, default=str, sort_keys=True))
+        row, rec = spec.rows[i], self._base_record(i, spec)
         got = self.fetcher(row.source, row.origin)
         rec.update(http_status=got.http_status, attempts=got.attempts, download_s=round(got.seconds, 4))
         if got.error:
@@ -183,6 +180,25 @@ class ShardBuilder:
                    original_height=info.height, original_mode=info.mode, width=self.cfg.image_size,
                    height=self.cfg.image_size, jpeg_bytes=len(jpeg))
         return rec, jpeg
+
+    def _watchdog_s(self) -> float:
+        """Longest a row may legitimately take: every attempt to its deadline, the backoffs, then decoding."""
+        c = self.cfg
+        return (c.retries + 1) * c.total_timeout + c.backoff * (2 ** c.retries) + 30.0
+
+    def _timed_out(self, item: tuple[int, ShardSpec]) -> tuple[dict, None]:
+        rec = self._base_record(*item)
+        rec.update(status=FAILED_DOWNLOAD, error="timeout",
+                   error_detail=f"watchdog: no result after {self._watchdog_s():.0f}s")
+        return rec, None
+
+    @staticmethod
+    def _base_record(i: int, spec: ShardSpec) -> dict:
+        row = spec.rows[i]
+        rec = {f.name: None for f in PARQUET_SCHEMA}
+        rec.update(key=spec.keys[i], index=i, source=row.source, caption=row.caption or "",
+                   meta=json.dumps(row.meta, default=str, sort_keys=True))
+        return rec
 
     def _sample_json(self, rec: dict, row) -> bytes:
         keep = ("key", "source", "caption", "original_width", "original_height", "original_format", "original_mode",
@@ -208,7 +224,8 @@ class ShardBuilder:
             contract.remove(contract.hr_stats(root, sid))
         remove_temporaries(root, sid)
         todo = [i for i in range(len(spec)) if old is None or old[i]["status"] in FAILED]
-        results = imap_ordered(self._process, ((i, spec) for i in todo), self.cfg.threads)
+        results = imap_ordered(self._process, ((i, spec) for i in todo), self.cfg.threads,
+                               timeout=self._watchdog_s(), on_timeout=self._timed_out)
         old_tar = contract.iter_tar_samples(contract.hr_tar(root, sid)) if old is not None else None
         records: list[dict] = []
 

@@ -101,3 +101,17 @@ def test_imap_ordered_keeps_order_and_bounds_in_flight():
         with lock:
             state["backlog"] = max(state["backlog"], state["done"] - len(out))
     assert out == [i * i for i in range(60)] and state["backlog"] <= 6
+
+
+def test_imap_ordered_watchdog_abandons_a_stuck_item():
+    release = threading.Event()
+
+    def work(i):
+        if i == 2:
+            release.wait(30)  # e.g. getaddrinfo stuck: no socket timeout applies
+        return i
+
+    t0 = time.monotonic()
+    out = list(imap_ordered(work, range(5), threads=2, timeout=0.5, on_timeout=lambda i: -i))
+    release.set()
+    assert out == [0, 1, -2, 3, 4] and time.monotonic() - t0 < 5
