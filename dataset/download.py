@@ -65,7 +65,7 @@ def robots_opt_out(header: str | None) -> str | None:
 def _session(cfg: ShardConfig) -> requests.Session:
     s = requests.Session()
     s.headers["User-Agent"] = cfg.user_agent
-    s.trust_env = False  # no .netrc credentials or proxy env leaking into requests for arbitrary URLs
+    # trust_env stays on: clusters often reach the internet only through HTTP(S)_PROXY
     return s
 
 
