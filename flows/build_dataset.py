@@ -1,38 +1,105 @@
 """`build-dataset` flow: source list → HR shards → LR (degradation) → captions → manifest → MLflow.
 
-    prefect deployment run build-dataset/default -p source=/path/photos.tsv -p root=/data/nsarm
+    prefect deployment run build-dataset/default -p source=/data/unsplash/photos.tsv000 -p root=s3://bucket/nsarm
+    prefect deployment run build-dataset/default -p source=photos.tsv -p root=/tmp/ds -p preset=tiny
+
+Each task calls one library function; every stage is idempotent (done shards are skipped), so a failed run is
+recovered by running it again. Ray work goes to $RAY_ADDRESS (the embedded stack's head, or a real cluster).
 """
 
 from __future__ import annotations
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 
 from flows.stages import stage
 
 
-@task
-def shard(source: str, root: str, shard_size: int, limit: int | None, image_size: int, seed: int) -> dict:
-    build_shards = stage("shard", "dataset.distributed", "build_shards")
-    return build_shards(source, root, shard_size=shard_size, limit=limit, image_size=image_size, seed=seed)
+@task(retries=1, retry_delay_seconds=5)  # safe: a rerun skips done shards and redoes partial ones
+def shard(source: str, root: str, preset: str, overrides: dict, limit: int | None) -> dict:
+    from dataclasses import replace
+
+    from dataset.config import PRESETS
+
+    build_shards = stage("shard", "dataset.build", "build_shards")
+    cfg = replace(PRESETS[preset], **overrides)
+    return build_shards(source, root, cfg, limit=limit)
 
 
-@task
+@task(retries=1, retry_delay_seconds=5)
 def degrade(root: str, preset: str, seed: int) -> dict:
+    from degradation.config import PRESETS
+
     run_degradation = stage("degrade", "degradation.distributed", "run_degradation")
-    return run_degradation(root, preset=preset, seed=seed)
+    return run_degradation(root, PRESETS[preset], seed)
+
+
+@task(retries=1, retry_delay_seconds=5)
+def caption(root: str, captioner: str, model_path: str | None) -> dict:
+    run_captioning = stage("caption", "captioning.distributed", "run_captioning")
+    overrides = {"model_path": model_path} if model_path else {}
+    return run_captioning(root, backend=captioner, **overrides)
 
 
 @task
-def caption(root: str, captioner: str) -> dict:
-    run_captioning = stage("caption", "captioning.distributed", "run_captioning")
-    return run_captioning(root, backend=captioner)
+def manifest(root: str, name: str, summary: dict) -> dict:
+    write_manifest = stage("manifest", "dataset.manifest", "write_manifest")
+    return write_manifest(root, name=name, extra={"build": summary})
+
+
+@task
+def log_to_mlflow(root: str, manifest: dict, experiment: str) -> str:
+    from dataset.contract import manifest_path
+    from nsarm import tracking
+
+    with tracking.start_run(experiment, run_name=f"build-{manifest['version']}") as run_id:
+        tracking.log_params({"root": root, "dataset": manifest["name"], "version": manifest["version"]})
+        tracking.log_dataset(manifest, manifest_path(root), context="build")
+    return run_id
+
+
+def _stats_markdown(summary: dict, manifest: dict, run_id: str) -> str:
+    hr, lr, cap = summary["shard"], summary["degrade"], summary["caption"]
+    rows = [
+        ("shard", f"{hr.get('shards_done', '?')}/{hr.get('shards_total', '?')} shards",
+         f"{hr.get('successes', 0)} images ok, {hr.get('failed_to_download', 0)} download failures, "
+         f"{hr.get('failed_to_process', 0)} rejected, {hr.get('duplicates', 0)} duplicates",
+         f"{hr.get('images_per_s', 0):.1f} img/s"),
+        ("degrade", f"{len(lr.get('shards', []))} shards → `lr/{lr.get('deg_hash')}`",
+         f"{lr.get('n_ok', 0)} LR images, {lr.get('n_bad', 0)} bad samples, {lr.get('n_failed', 0)} failed shards",
+         f"{lr.get('images_per_s', 0):.1f} img/s"),
+        ("caption", f"{cap.get('done', 0)} shards → `captions/{cap.get('cap_hash')}`",
+         f"{cap.get('captions', 0)} captions, {cap.get('too_long', 0)} longer than 512 T5 tokens",
+         f"{cap.get('captions_per_s', 0):.1f} captions/s"),
+    ]
+    table = "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
+    return (f"# Dataset `{manifest['name']}` version `{manifest['version']}`\n\n"
+            f"root `{manifest['root']}` — {manifest['num_samples']} samples in {manifest['num_shards']} shards; "
+            f"MLflow run `{run_id}`\n\n| stage | output | counts | throughput |\n|---|---|---|---|\n{table}\n")
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(source: str = "", root: str = ".nsarm/data", shard_size: int = 1000, limit: int | None = None,
-                  image_size: int = 1024, degradation: str = "realesrgan", captioner: str = "metadata",
-                  seed: int = 0) -> dict:
-    hr = shard(source, root, shard_size, limit, image_size, seed)
-    lr = degrade(root, degradation, seed)
-    caps = caption(root, captioner)
-    return {"hr": hr, "lr": lr, "captions": caps}
+def build_dataset(source: str, root: str, preset: str = "paper", shard_size: int | None = None,
+                  image_size: int | None = None, limit: int | None = None, degradation: str = "realesrgan",
+                  captioner: str = "metadata", caption_model_path: str | None = None, seed: int = 0,
+                  name: str = "nsarm-dataset", experiment: str = "nsarm-datasets") -> dict:
+    """Build (or resume) a dataset under `root` (local path or s3://).
+
+    Args:
+        source: Unsplash `photos.tsv*`, a csv/tsv/parquet URL list, or an image folder.
+        preset: shard preset (`paper`: 1024², `tiny`: 256² for CPU demos); shard_size/image_size override it.
+        degradation: degradation preset (`realesrgan` as the paper, `light`).
+        captioner: `llava` (needs caption_model_path), `metadata` (Unsplash descriptions) or `fixed`.
+    """
+    overrides = {k: v for k, v in {"shard_size": shard_size, "image_size": image_size}.items() if v is not None}
+    if image_size is not None:
+        overrides["min_side"] = image_size
+    summary = {"shard": shard(source, root, preset, overrides, limit)}
+    summary["degrade"] = degrade(root, degradation, seed)
+    summary["caption"] = caption(root, captioner, caption_model_path)
+    man = manifest(root, name, summary)
+    run_id = log_to_mlflow(root, man, experiment)
+    create_markdown_artifact(_stats_markdown(summary, man, run_id), key="build-dataset-stats",
+                             description=f"build-dataset {man['version']}")
+    return {"manifest": f"{root.rstrip('/')}/manifest.json", "version": man["version"], "mlflow_run_id": run_id,
+            "num_samples": man["num_samples"]}

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
           f"list {tsv}")
     data_root = str(work / "data")
     try:
-        _run("build-dataset/default", {"source": str(tsv), "root": data_root, "shard_size": 6, "image_size": 256,
+        _run("build-dataset/default", {"source": str(tsv), "root": data_root, "preset": "tiny", "shard_size": 6,
                                        "degradation": "realesrgan", "captioner": "metadata", "seed": 0},
              args.timeout)
         _run("train-nsarm/default", {"root": data_root, "preset": "tiny", "num_workers": 2, "use_gpu": False},

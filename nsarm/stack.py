@@ -88,9 +88,22 @@ class StackConfig:
     def ray_dashboard(self) -> str:
         return f"http://{HOST}:{self.ray_dashboard_port}"
 
+    @property
+    def ray_token_path(self) -> Path:
+        return self.state_dir / "ray_auth_token"
+
+    def ray_auth_env(self) -> dict[str, str]:
+        """Ray token authentication with this stack's own token file. Ray >= 2.5x turns token auth on whenever
+        ~/.ray/auth_token exists (any earlier `ray.init()` writes one), so an implicit setting would make the head
+        and its clients disagree; an explicit per-stack token keeps them in step and the head private."""
+        if self.ray_address:
+            return {}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path)}
+
     def client_env(self) -> dict[str, str]:
         """The environment a flow / client needs to talk to this stack."""
-        return {"PREFECT_API_URL": self.prefect_url, "MLFLOW_TRACKING_URI": self.mlflow_url, "RAY_ADDRESS": self.ray_url}
+        return {"PREFECT_API_URL": self.prefect_url, "MLFLOW_TRACKING_URI": self.mlflow_url, "RAY_ADDRESS": self.ray_url,
+                **self.ray_auth_env()}
 
 
 @dataclass
@@ -101,6 +114,7 @@ class Service:
     ports: tuple[int, ...]  # must be free before start
     env: dict[str, str] = field(default_factory=dict)
     external: str | None = None  # address of an external instance: not managed here
+    token_file: Path | None = None  # health checks send this bearer token (Ray dashboard with token auth)
 
 
 def _bin(name: str) -> str:
@@ -131,8 +145,8 @@ def services(cfg: StackConfig) -> list[Service]:
                 f"http://{HOST}:{cfg.mlflow_port}/health", (cfg.mlflow_port,), base_env,
                 external=cfg.mlflow_tracking_uri),
         Service("ray", ray_cmd, f"{cfg.ray_dashboard}/api/version",
-                (cfg.ray_port, cfg.ray_dashboard_port, cfg.ray_client_port), base_env,
-                external=cfg.ray_address),
+                (cfg.ray_port, cfg.ray_dashboard_port, cfg.ray_client_port), {**base_env, **cfg.ray_auth_env()},
+                external=cfg.ray_address, token_file=cfg.ray_token_path),
         Service("deployments", [sys.executable, "-m", "flows.serve"], None, (), {**base_env, **cfg.client_env()}),
     ]
 
@@ -207,17 +221,21 @@ def port_owner(port: int) -> str | None:
     return "unknown process"
 
 
-def healthy(url: str | None, timeout: float = 2.0) -> bool:
+def healthy(url: str | None, timeout: float = 2.0, token_file: Path | None = None) -> bool:
+    """GET `url` answers 2xx (with `Authorization: Bearer <token>` when a token file is given)."""
     if url is None:
         return True
     import urllib.error
     import urllib.request
 
+    headers = {}
+    if token_file is not None and token_file.exists():
+        headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status < 500
-    except urllib.error.HTTPError as e:
-        return e.code < 500
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            return r.status < 300
+    except urllib.error.HTTPError:
+        return False
     except (urllib.error.URLError, OSError):
         return False
 
@@ -259,7 +277,7 @@ def _start(cfg: StackConfig, svc: Service) -> int:
     env = {**os.environ, **svc.env}
     # Our own external settings must not leak into local servers (e.g. a Prefect server with PREFECT_API_URL set).
     if svc.name != "deployments":
-        for k in ("PREFECT_API_URL", "RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        for k in ("PREFECT_API_URL", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
             env.pop(k, None)
     with open(log, "ab") as out:
         proc = subprocess.Popen(svc.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -278,6 +296,11 @@ def up(cfg: StackConfig, echo=print) -> dict[str, str]:
             (the message carries the tail of its log).
     """
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.ray_auth_env() and not cfg.ray_token_path.exists():
+        import secrets
+
+        cfg.ray_token_path.write_text(secrets.token_hex(32))
+        cfg.ray_token_path.chmod(0o600)
     result, waiting = {}, []
     svcs = services(cfg)
     for svc in svcs:
@@ -310,7 +333,8 @@ def _wait_healthy(cfg: StackConfig, svcs: list[Service], echo) -> None:
             if pid is None:
                 raise StackError(f"{svc.name} exited during start-up; last log lines "
                                  f"({_log_file(cfg, svc.name)}):\n{_log_tail(_log_file(cfg, svc.name))}")
-            ok = _deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url)
+            ok = _deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url,
+                                                                                   token_file=svc.token_file)
             if ok:
                 echo(f"{svc.name:12s} healthy")
                 pending.remove(svc)
@@ -379,7 +403,8 @@ def status(cfg: StackConfig) -> dict[str, dict]:
             report[svc.name] = {"state": "external", "pid": None, "url": svc.external}
             continue
         pid = read_pid(cfg, svc.name)
-        ok = (_deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url)) if pid else False
+        ok = (_deployments_ready(cfg) if svc.name == "deployments"
+              else healthy(svc.health_url, token_file=svc.token_file)) if pid else False
         state = "stopped" if pid is None else ("running" if ok else "unhealthy")
         report[svc.name] = {"state": state, "pid": pid, "url": urls[svc.name]}
     return report
@@ -388,7 +413,8 @@ def status(cfg: StackConfig) -> dict[str, dict]:
 def print_urls(cfg: StackConfig, echo=print) -> None:
     echo(f"Prefect UI      {cfg.prefect_ui}   (deployments: build-dataset/default, train-nsarm/default)")
     echo(f"MLflow UI       {cfg.mlflow_url}")
-    echo(f"Ray dashboard   {cfg.ray_dashboard if not cfg.ray_address else cfg.ray_address}")
+    echo(f"Ray dashboard   {cfg.ray_dashboard if not cfg.ray_address else cfg.ray_address}"
+         + ("" if cfg.ray_address else f"   (sign in with the token in {cfg.ray_token_path})"))
     echo(f"State dir       {cfg.state_dir}   (logs/, pids/)")
     echo("Client env:     " + " ".join(f"{k}={v}" for k, v in cfg.client_env().items()))
 

@@ -128,3 +128,143 @@ def log_eval_table(table: Any, name: str, *, step: int | None = None, metric_pre
         prefix = metric_prefix if metric_prefix is not None else f"{Path(name).name}."
         row = table.iloc[0].to_dict()
         log_metrics({f"{prefix}{k}": v for k, v in row.items()}, step=step)
+
+
+# -- training runs and the model registry (used by nsarm/train; versions point at checkpoint URIs, never bytes) --
+
+def enable_system_metrics() -> None:
+    """Log CPU/memory/GPU usage as `system/*` metrics of runs started after this call (needs psutil)."""
+    import mlflow
+
+    mlflow.enable_system_metrics_logging()
+
+
+def create_run(experiment: str, *, run_name: str | None = None, tracking_uri: str | None = None,
+               tags: Mapping[str, str] | None = None) -> str:
+    """Create a run without making it active (e.g. a driver that hands the id to a training worker)."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    return run.info.run_id
+
+
+def run_exists(run_id: str, tracking_uri: str | None = None) -> bool:
+    import mlflow
+
+    init_tracking(tracking_uri)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def get_run_data(run_id: str, tracking_uri: str | None = None) -> dict:
+    """{"params", "metrics" (latest values), "tags", "status", "artifact_uri"} of a run."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    run = mlflow.MlflowClient().get_run(run_id)
+    return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
+            "status": run.info.status, "artifact_uri": run.info.artifact_uri}
+
+
+def list_artifacts(run_id: str, path: str | None = None, tracking_uri: str | None = None) -> list[str]:
+    """Artifact paths of a run under `path` (recursively)."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    client = mlflow.MlflowClient()
+    out, todo = [], [path]
+    while todo:
+        for f in client.list_artifacts(run_id, todo.pop()):
+            (todo.append(f.path) if f.is_dir else out.append(f.path))
+    return sorted(out)
+
+
+def metric_history(run_id: str, key: str, tracking_uri: str | None = None) -> list[tuple[int, float]]:
+    import mlflow
+
+    init_tracking(tracking_uri)
+    return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+
+
+def register_model_version(name: str, *, source: str, run_id: str | None = None,
+                           tags: Mapping[str, str] | None = None, description: str | None = None,
+                           tracking_uri: str | None = None) -> str:
+    """Create registered model `name` if missing and add a version whose source is `source` (e.g.
+    `runs:/<id>/model-pointer/stage2`); returns the version number as a string."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="NSARM checkpoints: each version's tags hold the "
+                                                         "checkpoint URI and its sha256")
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in
+                                                                               (tags or {}).items()},
+                                     description=description)
+    return str(mv.version)
+
+
+def set_model_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
+    import mlflow
+
+    init_tracking(tracking_uri)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def get_model_version(name: str, alias: str | None = None, version: str | None = None,
+                      tracking_uri: str | None = None) -> dict:
+    """A registered version (by alias or number): {"version", "source", "run_id", "tags", "aliases"}."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    return {"version": str(mv.version), "source": mv.source, "run_id": mv.run_id, "tags": dict(mv.tags),
+            "aliases": list(mv.aliases)}
+
+
+def log_dataset(manifest: Mapping[str, Any], manifest_url: str, *, context: str = "training") -> None:
+    """Record a dataset in the active run: an MLflow dataset input (name, digest = manifest hash, source = root),
+    the manifest as an artifact, and its counts as metrics. Used by the build-dataset flow and by training
+    (lineage: which dataset a model was trained on)."""
+    import hashlib
+    import json
+    import tempfile
+
+    import mlflow
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    body = json.dumps(manifest, sort_keys=True, default=str)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    name = f"{manifest.get('name', 'nsarm-dataset')}@{manifest.get('version', digest)}"
+    mlflow.log_input(MetaDataset(HTTPDatasetSource(url=str(manifest.get("root", manifest_url))), name=name,
+                                 digest=digest), context=context)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "manifest.json"
+        path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        mlflow.log_artifact(str(path), artifact_path="dataset")
+    counts = _numeric_leaves(manifest)
+    if counts:
+        log_metrics(counts)
+    mlflow.set_tag("dataset.manifest", manifest_url)
+
+
+def _numeric_leaves(obj: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"hr": {"counts": {"successes": 7}}} -> {"hr.counts.successes": 7}; lists, strings and bools skipped."""
+    out: dict[str, float] = {}
+    for k, v in obj.items():
+        if isinstance(v, Mapping):
+            out.update(_numeric_leaves(v, f"{prefix}{k}."))
+        elif isinstance(v, numbers.Number) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out

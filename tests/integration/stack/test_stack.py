@@ -29,7 +29,11 @@ def test_health_endpoints_answer(embedded_stack):
     cfg = embedded_stack
     assert requests.get(f"{cfg.prefect_url}/health", timeout=5).json() is True
     assert requests.get(f"{cfg.mlflow_url}/health", timeout=5).status_code == 200
-    version = requests.get(f"{cfg.ray_dashboard}/api/version", timeout=5).json()
+    # The Ray head runs with token auth (its own token file): anonymous calls are refused, the token is accepted.
+    assert requests.get(f"{cfg.ray_dashboard}/api/version", timeout=5).status_code == 401
+    token = cfg.ray_token_path.read_text().strip()
+    version = requests.get(f"{cfg.ray_dashboard}/api/version", headers={"Authorization": f"Bearer {token}"},
+                           timeout=5).json()
     assert version["ray_version"]
     # every service binds 127.0.0.1 only
     for url in (cfg.prefect_url, cfg.mlflow_url, cfg.ray_dashboard):
