@@ -63,6 +63,7 @@ def _ref_shard(args) -> int:
     from PIL import Image, ImageOps
 
     session = requests.Session()
+    cpu0 = time.process_time()
 
     def get(url):
         try:
@@ -94,10 +95,11 @@ def _ref_shard(args) -> int:
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
             n += 1
-    return n
+    return n, time.process_time() - cpu0
 
 
-def run_reference(urls: list[str], out: Path, processes: int, threads: int, size: int) -> tuple[int, float]:
+def run_reference(urls: list[str], out: Path, processes: int, threads: int, size: int) -> tuple[int, float, float]:
+    """Returns (images, wall seconds, CPU seconds of the worker processes)."""
     out.mkdir(parents=True, exist_ok=True)
     per = (len(urls) + processes - 1) // processes
     jobs = [(urls[i:i + per], str(out / f"{k:05d}.tar"), threads, size) for k, i in enumerate(range(0, len(urls), per))]
@@ -105,11 +107,12 @@ def run_reference(urls: list[str], out: Path, processes: int, threads: int, size
         # warm-up (process start + imports) outside the timer, as for ours
         pool.map(_ref_shard, [(urls[:2], str(out / f"warm{k}.tar"), threads, size) for k in range(processes)])
         t0 = time.perf_counter()
-        n = sum(pool.map(_ref_shard, jobs))
-        return n, time.perf_counter() - t0
+        done = pool.map(_ref_shard, jobs)
+        return sum(n for n, _ in done), time.perf_counter() - t0, sum(c for _, c in done)
 
 
-def run_ours(csv: Path, root: Path, n: int, processes: int, threads: int, size: int) -> tuple[int, float]:
+def run_ours(csv: Path, root: Path, n: int, processes: int, threads: int, size: int) -> tuple[int, float, float]:
+    """Returns (images, wall seconds, CPU seconds of the shard tasks, from their _stats.json)."""
     import ray
 
     from dataset.build import build_shards
@@ -123,7 +126,7 @@ def run_ours(csv: Path, root: Path, n: int, processes: int, threads: int, size: 
         build_shards(str(csv), str(root / "warmup"), warm, limit=2 * processes, progress=lambda *a: None)
         t0 = time.perf_counter()
         summary = build_shards(str(csv), str(root / "ds"), cfg, progress=lambda *a: None)
-        return summary["successes"], time.perf_counter() - t0
+        return summary["successes"], time.perf_counter() - t0, summary["cpu_s"]
     finally:
         ray.shutdown()
 
@@ -161,12 +164,15 @@ def main() -> None:
             if not args.skip_speed:
                 csv = url_list(srv.base_url, photos, args.n, tmp / "urls.csv")
                 urls = [f"{srv.base_url}/{photos[i % len(photos)].name}?n={i}" for i in range(args.n)]
-                n_ref, t_ref = run_reference(urls, tmp / "ref", args.processes, args.threads, args.size)
-                n_ours, t_ours = run_ours(csv, tmp / "ours", args.n, args.processes, args.threads, args.size)
+                n_ref, t_ref, c_ref = run_reference(urls, tmp / "ref", args.processes, args.threads, args.size)
+                n_ours, t_ours, c_ours = run_ours(csv, tmp / "ours", args.n, args.processes, args.threads, args.size)
                 print(f"speed: {args.n} URLs, {args.processes} processes x {args.threads} threads, {args.size}² q95")
-                print(f"  reference requests+PIL: {n_ref} images in {t_ref:.1f} s = {n_ref / t_ref:.1f} images/s")
-                print(f"  ours build_shards/Ray:  {n_ours} images in {t_ours:.1f} s = {n_ours / t_ours:.1f} images/s")
-                print(f"  ratio ours/reference: {(n_ours / t_ours) / (n_ref / t_ref):.2f}x")
+                for name, n, t, c in (("reference requests+PIL", n_ref, t_ref, c_ref),
+                                      ("ours build_shards/Ray ", n_ours, t_ours, c_ours)):
+                    print(f"  {name}: {n} images in {t:.1f} s = {n / t:.1f} images/s; "
+                          f"{1000 * c / max(n, 1):.0f} ms CPU per image")
+                print(f"  ratio ours/reference: {(n_ours / t_ours) / (n_ref / t_ref):.2f}x images/s, "
+                      f"{(c_ref / n_ref) / (c_ours / n_ours):.2f}x less CPU per image")
             sizes = [int(x) for x in args.mem_sizes.split(",") if x]
             if sizes:
                 csv = url_list(srv.base_url, photos, max(sizes), tmp / "mem.csv")

@@ -50,14 +50,14 @@ def print_progress(started: float) -> Callable[[ShardResult, int, int], None]:
 def summarize(root: str, results: list[ShardResult], wall_s: float, cfg: ShardConfig, n_rows: int) -> dict:
     """Totals over the shards of this build, read back from their `_stats.json` (the source of truth)."""
     totals = {"successes": 0, "failed_to_download": 0, "failed_to_process": 0, "duplicates": 0, "count": 0,
-              "tar_bytes": 0}
+              "tar_bytes": 0, "cpu_s": 0.0}
     errors: dict[str, int] = {}
     done_ids = set(contract.list_shards(root, "hr"))
     for res in results:
         if res.ok and res.shard_id in done_ids:
             stats = contract.read_json(contract.hr_stats(root, res.shard_id))
             for k in totals:
-                totals[k] += stats.get(k, 0)
+                totals[k] += stats.get(k) or 0
             for k, v in stats.get("error_counts", {}).items():
                 errors[k] = errors.get(k, 0) + v
     new_images = sum(r.n for r in results if r.ok and not r.skipped)

@@ -123,7 +123,7 @@ def read_parquet(url: str) -> list[dict]:
 
 
 def shard_stats(shard: int, records: list[dict], cfg: ShardConfig, tar_bytes: int, tar_sha: str, n: int,
-                t0: float, started: float, retried: int | None = None) -> dict:
+                t0: float, started: float, retried: int | None = None, cpu_s: float | None = None) -> dict:
     """The `_stats.json` body (img2dataset's fields plus our error histogram and content hashes)."""
     status_counts: dict[str, int] = {}
     error_counts: dict[str, int] = {}
@@ -139,6 +139,7 @@ def shard_stats(shard: int, records: list[dict], cfg: ShardConfig, tar_bytes: in
         "status_counts": status_counts, "error_counts": dict(sorted(error_counts.items(), key=lambda kv: -kv[1])),
         "tar_bytes": tar_bytes, "tar_sha256": tar_sha,
         "download_s": round(sum(r["download_s"] or 0.0 for r in records), 3), "wall_s": round(wall, 3),
+        "cpu_s": None if cpu_s is None else round(cpu_s, 3),  # process CPU time: load-independent cost
         "images_per_s": round(n / wall, 2) if wall > 0 else None,
         "start_time": started, "end_time": time.time(), "config_hash": config_hash(cfg),
         "image_size": cfg.image_size, "retried_rows": retried,
@@ -207,7 +208,7 @@ class ShardBuilder:
 
     def _build(self, spec: ShardSpec) -> ShardResult:
         sid, root = spec.shard_id, self.root
-        t0, started = time.monotonic(), time.time()
+        t0, started, cpu0 = time.monotonic(), time.time(), time.process_time()
         old: list[dict] | None = None
         if contract.exists(contract.hr_stats(root, sid)):
             done = contract.read_json(contract.hr_stats(root, sid))
@@ -255,6 +256,6 @@ class ShardBuilder:
         nbytes, sha, n = write_tar(contract.hr_tar(root, sid), samples())
         write_parquet(contract.hr_parquet(root, sid), records)
         stats = shard_stats(sid, records, self.cfg, nbytes, sha, n, t0, started,
-                            retried=len(todo) if old is not None else None)
+                            retried=len(todo) if old is not None else None, cpu_s=time.process_time() - cpu0)
         contract.write_json_atomic(contract.hr_stats(root, sid), stats)  # last: marks the shard done
         return ShardResult(True, sid, n, stats=stats)
