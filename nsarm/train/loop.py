@@ -440,4 +440,8 @@ def _maybe_fail(hooks: dict, rank: int, step: int) -> None:
     if marker:
         Path(marker).parent.mkdir(parents=True, exist_ok=True)
         Path(marker).write_text(f"worker rank {rank} killed after step {step}\n")
+    # Ray Train (v2) registers a checkpoint when its controller has polled the report of EVERY worker (every 2 s);
+    # a worker that dies within that window takes its report with it and the run restarts from the one before.
+    # The hook models a crash some seconds after the last checkpoint, which is what the test asserts about.
+    time.sleep(float(hooks.get("fail_delay_s", 6.0)))
     os._exit(17)  # a hard crash: no cleanup, no exception for the framework to catch

@@ -1,0 +1,244 @@
+"""The project's only Ray code for training: one NSARM stage as a fault-tolerant Ray Train `TorchTrainer` job.
+
+    out = run_stage("/data/nsarm", preset="tiny", stage=1, num_workers=2, use_gpu=False)
+    out = run_stage(root, preset="tiny", stage=2, init_from=out["export"]["uri"])
+    # out = {"run_name", "storage_path", "checkpoint", "export": {"uri", "sha256", ...}, "metrics",
+    #        "mlflow_run_id", "model_version"}
+
+Ray pieces: `ScalingConfig(num_workers, use_gpu, resources_per_worker)`, `TorchConfig(backend="gloo")` on CPU
+(NCCL on GPU), `RunConfig(name, storage_path, FailureConfig(max_failures), CheckpointConfig(num_to_keep))`.
+Each worker runs `nsarm.train.loop.train_stage` with a `RayContext`: checkpoints go through `ray.train.report`
+to `{storage_path}/{name}/checkpoint_*` (a local path or s3://); after a worker dies Ray restarts the group and
+`ray.train.get_checkpoint()` hands the last checkpoint back; rerunning with the same run name resumes the same way.
+
+MLflow (when a tracking URI is given or $MLFLOW_TRACKING_URI is set): the driver creates one run per stage (its
+id is stored beside the checkpoints, so a rerun continues the same run), logs every config as params and the
+dataset manifest as lineage; rank 0 logs losses/lr/throughput per step, system metrics and LR|SR|HR grids; at the
+end the driver registers the exported model as a version of `nsarm` (source = a small pointer artifact; tags =
+checkpoint URI + sha256) and moves the alias `stage{n}` to it.
+
+Test hooks (driver environment): NSARM_TRAIN_FAIL_AT_STEP=N [NSARM_TRAIN_FAIL_RANK=r] kills that worker right
+after step N, once per call; NSARM_TRAIN_SAMPLE_LOG=path makes every rank append its sample keys per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import fsspec
+
+from nsarm.train.config import ScalingSpec, TrainConfig, scaling_for, train_config
+
+EXPERIMENT = "nsarm-train"
+REGISTERED_MODEL = "nsarm"
+RUN_ID_FILE = "mlflow_run_id.txt"
+
+
+class RayContext:
+    """loop.Context backed by Ray Train (rank, world size, checkpoint restore/report)."""
+
+    def __init__(self):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self._restored = ray.train.get_checkpoint()
+        self._tmp = None
+
+    def latest_checkpoint(self) -> Path | None:
+        if self._restored is None:
+            return None
+        self._tmp = tempfile.mkdtemp(prefix=f"nsarm-restore-r{self.rank}-")
+        return Path(self._restored.to_directory(self._tmp))
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float)}, checkpoint=ckpt)
+
+
+def _worker(config: dict) -> None:
+    """Runs in every Ray Train worker process."""
+    import nsarm  # noqa: F401  (torchvision shim before anything imports it)
+    from nsarm.train.loop import LoopOptions, Tracker, train_stage
+
+    ctx = RayContext()
+    cfg = TrainConfig.from_dict(config["train"])
+    tracker = Tracker(config.get("mlflow_run_id"), config.get("tracking_uri"), EXPERIMENT) if ctx.rank == 0 \
+        else Tracker()
+    if ctx.rank == 0 and config.get("mlflow_run_id") and config.get("system_metrics"):
+        from nsarm import tracking
+
+        tracking.enable_system_metrics()
+    train_stage(cfg, config["root"], ctx, tracker, LoopOptions(**config["options"]))
+
+
+# ------------------------------------------------------------------------------------------------ driver side
+def default_storage(root: str) -> str:
+    """Where runs live by default: `runs/` beside a local dataset root, `{root}-runs` for object storage."""
+    root = root.rstrip("/")
+    if "://" in root and not root.startswith("file://"):
+        return root + "-runs"
+    return str(Path(root.removeprefix("file://")).resolve().parent / "runs")
+
+
+def dataset_version(root: str) -> str:
+    """The manifest's content version, else a hash of the root URL (a dataset without manifest)."""
+    from dataset import contract
+
+    url = contract.manifest_path(root)
+    if contract.exists(url):
+        return str(contract.read_json(url).get("version"))
+    return hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:12]
+
+
+def _local_cache_dir(storage: str, name: str) -> str:
+    if "://" in storage and not storage.startswith("file://"):
+        return str(Path(tempfile.gettempdir()) / "nsarm-train-cache")
+    return str(Path(storage.removeprefix("file://")) / "_cache")
+
+
+def _read_text(url: str) -> str | None:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.cat_file(path).decode().strip() if fs.exists(path) else None
+
+
+def _write_text(url: str, text: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, text.encode())
+
+
+def _hooks_from_env(name: str) -> dict:
+    hooks = {}
+    if os.environ.get("NSARM_TRAIN_FAIL_AT_STEP"):
+        hooks.update(fail_at_step=int(os.environ["NSARM_TRAIN_FAIL_AT_STEP"]),
+                     fail_rank=int(os.environ.get("NSARM_TRAIN_FAIL_RANK", "0")),
+                     marker=str(Path(tempfile.gettempdir()) / f"nsarm-fail-{name}-{uuid.uuid4().hex[:8]}"))
+    if os.environ.get("NSARM_TRAIN_SAMPLE_LOG"):
+        hooks["sample_log"] = os.environ["NSARM_TRAIN_SAMPLE_LOG"]
+    return hooks
+
+
+def _start_tracking(cfg: TrainConfig, scaling: ScalingSpec, root: str, run_dir: str, name: str, preset: str,
+                    tracking_uri: str | None) -> str:
+    """Create (or find, on a rerun) the stage's MLflow run; log configs, dataset lineage. Returns the run id."""
+    from dataset import contract
+    from nsarm import tracking
+    from nsarm.model import model_config
+
+    id_url = f"{run_dir}/{RUN_ID_FILE}"
+    run_id = _read_text(id_url)
+    if run_id and tracking.run_exists(run_id, tracking_uri):
+        return run_id
+    version = dataset_version(root)
+    run_id = tracking.create_run(EXPERIMENT, run_name=name, tracking_uri=tracking_uri,
+                                 tags={"nsarm.stage": str(cfg.stage), "nsarm.preset": preset,
+                                       "nsarm.dataset_version": version, "nsarm.run_dir": run_dir})
+    with tracking.start_run(EXPERIMENT, run_id=run_id, tracking_uri=tracking_uri):
+        tracking.log_params({"train": cfg.to_dict(), "model": model_config(cfg.model).to_dict(),
+                             "scaling": asdict(scaling), "dataset": {"root": root, "version": version}})
+        manifest = contract.manifest_path(root)
+        if contract.exists(manifest):
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "manifest.json"
+                local.write_text(json.dumps(contract.read_json(manifest), indent=2))
+                tracking.log_artifact(local, "dataset")
+    _write_text(id_url, run_id)
+    return run_id
+
+
+def register_export(export: dict, run_id: str, stage: int, tracking_uri: str | None,
+                    aliases: tuple[str, ...] = ()) -> str:
+    """Register an export as a version of `nsarm`: a pointer artifact (export.json) under the run is the source,
+    the tags carry the checkpoint URI + sha256. Moves each alias (default `stage{n}`) to the new version."""
+    from nsarm import tracking
+
+    with tempfile.TemporaryDirectory() as tmp, tracking.start_run(EXPERIMENT, run_id=run_id, tracking_uri=tracking_uri):
+        p = Path(tmp) / "export.json"
+        p.write_text(json.dumps(export, indent=2, default=str))
+        tracking.log_artifact(p, f"model-pointer/stage{stage}")
+    tags = {"checkpoint_uri": export["uri"], "sha256": export["sha256"], "official_uri": export["official"],
+            "official_sha256": export["official_sha256"], "stage": stage, "step": export.get("step", "")}
+    version = tracking.register_model_version(REGISTERED_MODEL, source=f"runs:/{run_id}/model-pointer/stage{stage}",
+                                              run_id=run_id, tags=tags, tracking_uri=tracking_uri,
+                                              description=f"stage {stage} export at {export['uri']}")
+    for alias in aliases or (f"stage{stage}",):
+        tracking.set_model_alias(REGISTERED_MODEL, alias, version, tracking_uri)
+    return version
+
+
+def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int | None = None,
+              use_gpu: bool | None = None, *, storage_path: str | None = None, run_name: str | None = None,
+              overrides: dict | None = None, init_from: str | None = None, max_failures: int = 2,
+              tracking_uri: str | None = None, register: bool = True, system_metrics: bool = True) -> dict:
+    """Train one stage with Ray Train (resuming the run `run_name` when it has checkpoints); see module docstring.
+
+    Args:
+        root: dataset root (local or s3://) with HR, LR and (optionally) caption versions.
+        preset: training preset (nsarm.train.config.TRAIN_PRESETS): 'tiny', 'nsarm-8b-16gpu'.
+        num_workers, use_gpu: override the preset's scaling.
+        storage_path: Ray RunConfig storage (local dir or s3://); default `default_storage(root)`.
+        run_name: Ray run name; default `nsarm-{preset}-{dataset version}-stage{n}` (a rerun resumes it).
+        overrides: TrainConfig field overrides (e.g. {"steps": 40}).
+        init_from: stage 2: the stage-1 export directory (our format).
+        tracking_uri: MLflow server; default $MLFLOW_TRACKING_URI; with neither, nothing is tracked.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from nsarm.train.export import read_export_info
+
+    cfg = train_config(preset, stage, **(overrides or {}))
+    if init_from:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "init_from": init_from})
+    base = scaling_for(preset, stage)
+    scaling = ScalingSpec(num_workers or base.num_workers, base.use_gpu if use_gpu is None else use_gpu,
+                          base.cpus_per_worker, base.gpus_per_worker)
+    cfg.micro_batch(scaling.num_workers)  # fail in the driver, not in every worker
+    storage = (storage_path or default_storage(root)).rstrip("/")
+    name = run_name or f"nsarm-{preset}-{dataset_version(root)}-stage{stage}"
+    run_dir = f"{storage}/{name}"
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    run_id = _start_tracking(cfg, scaling, root, run_dir, name, preset, tracking_uri) if tracking_uri else None
+    cache = _local_cache_dir(storage, name)
+    export_uri = f"{run_dir}/export"
+    config = {"train": cfg.to_dict(), "root": root, "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+              "system_metrics": system_metrics,
+              "options": {"export_dir": export_uri, "latent_cache": f"{cache}/latents",
+                          "caption_cache": f"{cache}/captions", "hooks": _hooks_from_env(name)}}
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=scaling.resources_per_worker()),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"training stage {stage} ({name}) failed: {result.error}") from result.error
+    export = read_export_info(export_uri)
+    out = {"stage": stage, "preset": preset, "run_name": name, "storage_path": storage, "run_dir": run_dir,
+           "checkpoint": result.checkpoint.path if result.checkpoint else None, "export": export,
+           "metrics": dict(result.metrics or {}), "mlflow_run_id": run_id, "model_version": None,
+           "tracking_uri": tracking_uri}
+    if run_id and register:
+        out["model_version"] = register_export(export, run_id, stage, tracking_uri)
+    return out
