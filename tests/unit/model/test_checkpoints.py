@@ -122,3 +122,17 @@ def test_corrupted_files_raise_checkpoint_error(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(CheckpointError, match="format"):
         read_model_config(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", ["tiny", "infinity-2b", "infinity-8b", "nsarm-8b"])
+def test_model_config_json_round_trip(name):
+    cfg = model_config(name)
+    assert type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_full_model_with_tokenizer_round_trip(tmp_path, fast_model):
+    save_checkpoint(fast_model, tmp_path / "full")
+    loaded = load_checkpoint(tmp_path / "full")
+    assert loaded.tokenizer is not None
+    _same(loaded.state_dict(), fast_model.state_dict())
+    assert loaded.tokenizer.quantizer is loaded.tokenizer.quantize  # the shared quantiser survives
