@@ -51,7 +51,10 @@ def _score_rows(suite: MetricSuite, pairs: list[tuple[str, np.ndarray, np.ndarra
         elif eval_size is not None:
             sr = match_size(sr, (eval_size, eval_size), key)
         t0 = time.perf_counter()
-        scores = suite.score(sr, hr)
+        try:
+            scores = suite.score(sr, hr)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"image {key!r}: {e}") from e
         rows.append({"key": key, **extra, "height": sr.shape[0], "width": sr.shape[1], **scores,
                      "score_seconds": time.perf_counter() - t0})
     df = pd.DataFrame(rows)

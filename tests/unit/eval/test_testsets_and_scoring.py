@@ -143,3 +143,13 @@ def test_score_folder_and_upscale_fn_agree(tmp_path, basic_suite, photo_pairs):
     write_png(photo_pairs[0][1], tmp_path / "partial" / "img0_HR.png")
     with pytest.raises(ValueError, match="3 SR image.* no HR in"):
         score_folder(basic_suite, sr_dir, tmp_path / "partial")
+
+
+def test_a_bad_image_is_named_in_the_error(tmp_path, basic_suite, photo_pairs):
+    write_png(photo_pairs[0][2], tmp_path / "sr" / "good.png")
+    write_png(photo_pairs[0][2][:64, :64], tmp_path / "sr" / "tiny.png")
+    with pytest.raises(ValueError, match="image 'tiny': NIQE needs"):
+        score_folder(basic_suite, tmp_path / "sr")
+    (tmp_path / "sr" / "tiny.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(ValueError, match="cannot decode image .*tiny.png"):
+        score_folder(basic_suite, tmp_path / "sr")
