@@ -74,11 +74,19 @@ class MetadataCaptioner(Captioner):
         self.fixed = cfg.fixed_caption
 
     def one(self, meta: dict | None, error: str = "") -> Caption:
+        # A shard's `{key}.json` (dataset/shard.py) keeps the source's extra columns under "meta" and the source's
+        # caption column under "caption"; flat dicts (other writers, tests) are read as they are.
+        meta = meta or {}
+        nested = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
         for field in self.fields:
-            value = (meta or {}).get(field)
+            value = meta.get(field)
+            if _is_blank(value):
+                value = nested.get(field)
             if not _is_blank(value):
                 return Caption(" ".join(str(value).split()), f"metadata:{field}", "", error)
-        why = f"no non-empty metadata field among {list(self.fields)}"
+        if not _is_blank(meta.get("caption")):
+            return Caption(" ".join(str(meta["caption"]).split()), "metadata:caption", "", error)
+        why = f"no non-empty metadata field among {list(self.fields)} (nor under 'meta', nor 'caption')"
         return Caption(self.fixed, "fixed", "", f"{error}; {why}" if error else why)
 
     def describe(self, images, metas=None, prompts=None):

@@ -65,7 +65,7 @@ def _stats_markdown(summary: dict, manifest: dict, run_id: str) -> str:
          f"{hr.get('successes', 0)} images ok, {hr.get('failed_to_download', 0)} download failures, "
          f"{hr.get('failed_to_process', 0)} rejected, {hr.get('duplicates', 0)} duplicates",
          f"{hr.get('images_per_s', 0):.1f} img/s"),
-        ("degrade", f"{len(lr.get('shards', []))} shards → `lr/{lr.get('deg_hash')}`",
+        ("degrade", f"{lr.get('shards', 0)} shards → `lr/{lr.get('deg_hash')}`",
          f"{lr.get('n_ok', 0)} LR images, {lr.get('n_bad', 0)} bad samples, {lr.get('n_failed', 0)} failed shards",
          f"{lr.get('images_per_s', 0):.1f} img/s"),
         ("caption", f"{cap.get('done', 0)} shards → `captions/{cap.get('cap_hash')}`",

@@ -128,6 +128,8 @@ def services(cfg: StackConfig) -> list[Service]:
     state = cfg.state_dir
     base_env = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "PREFECT_HOME": str(state / "prefect"), "MLFLOW_ENABLE_TELEMETRY": "false",
+                # MLflow 3 starts a pool of background job workers by default; the stack does not use them.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "DO_NOT_TRACK": "1"}
     ray_cmd = [_bin("ray"), "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(cfg.ray_port),
                "--dashboard-host", HOST, "--dashboard-port", str(cfg.ray_dashboard_port), "--include-dashboard", "true",
