@@ -1,7 +1,7 @@
 """Each step of our batched pipeline against BasicSR's own function, with the same parameters and RNG state.
 
 Stated tolerances (CPU, float32):
-  filter2D (per-sample kernels, one grouped conv) ........ bit-exact (max |Δ| = 0)
+  filter2D (per-sample kernels, grouped convs, kernels cropped to their support) ... bit-exact (max |Δ| = 0)
   DiffJPEG(differentiable=False), ragged batch ........... bit-exact
   add_gaussian_noise_pt / add_poisson_noise_pt ........... bit-exact (same generator stream; bincount == unique)
   USMSharp (51×51 Gaussian as two 1-D passes) ............ max |Δ| <= 5e-4: the float32 blur differs by ~1e-7,
@@ -42,6 +42,24 @@ def test_filter2d_per_sample_kernels_bit_exact(hr_photos):
     for i in range(len(x)):
         assert torch.equal(ours[i:i + 1], filter2D(x[i:i + 1], k[i:i + 1])), params[i]
     assert torch.equal(ours, filter2D(x, k))  # also equal to BasicSR's own batched layout
+
+
+def test_filter2d_support_cropping_bit_exact(hr_photos):
+    """Kernels whose support is smaller than 21 (zero-padded sizes, underflowing narrow Gaussians, the pulse) are
+    cropped before the conv; the result must still equal BasicSR's full 21×21 filter2D."""
+    from basicsr.utils.img_process_util import filter2D
+
+    x = _float(hr_photos, 4)[:, :, :90, :70]
+    ps = [{"type": "iso", "size": 21, "sigma_x": 0.2, "sigma_y": 0.2, "theta": 0.0},  # underflows to 5×5 in float32
+          None,  # pulse
+          {"type": "sinc", "size": 7, "omega_c": 2.0},
+          {"type": "plateau_aniso", "size": 21, "sigma_x": 2.9, "sigma_y": 0.3, "theta": 1.0, "beta": 1.5}]
+    k = torch.stack([torch.FloatTensor(kernel_from_params(p, 21)) for p in ps])
+    assert [ops.support_radius(k[i]) for i in range(4)][:3] == [2, 0, 3]  # exp(-9/(2·0.04)) underflows float32
+    ours = ops.filter2d(x, k)
+    for i in range(4):
+        assert torch.equal(ours[i:i + 1], filter2D(x[i:i + 1].contiguous(), k[i:i + 1])), ps[i]
+    assert torch.equal(ours[1], x[1])
 
 
 def test_diffjpeg_ragged_batch_bit_exact(hr_photos):
