@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -231,7 +232,9 @@ class Tokenizer(nn.Module):
                 f"Tokenizer.encode_raw: expected ({self.cfg.in_channels} channels, H and W multiples of {f}), "
                 f"got shape {tuple(img.shape)}"
             )
-        with torch.autocast(x.device.type, enabled=False):
+        # fp32 encoder even under a caller's autocast (the release runs it in fp32; bits flip on bf16 rounding)
+        no_amp = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
+        with no_amp:
             z = self.encoder(x.float())
         if T is not None:  # back to (B, d, T, h, w)
             z = z.reshape(-1, T, *z.shape[1:]).permute(0, 2, 1, 3, 4)

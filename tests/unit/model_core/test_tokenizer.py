@@ -63,9 +63,11 @@ def test_tiny_preset_contract():
         return {k for k in keys if "nin_shortcut" not in k}
 
     assert tree(tok.state_dict()) == tree(MANIFEST["d14-f8-patchify"])
-    with torch.no_grad():
-        assert tok.encode_raw(torch.zeros(1, 3, 64, 64)).shape == (1, 8, 8, 8)  # LR 64² → 8×8
-        hr = tok.encode_bits(torch.zeros(1, 3, 256, 256), schedule_for("tiny"))
+    with torch.device("meta"):  # shapes only
+        meta_tok = build_tokenizer("tiny")
+        assert meta_tok.encode_raw(torch.zeros(1, 3, 64, 64)).shape == (1, 8, 8, 8)  # LR 64² → 8×8
+        hr = meta_tok.encode_bits(torch.zeros(1, 3, 256, 256), schedule_for("tiny"))
+        assert meta_tok.decode(hr.f_hat).shape == (1, 3, 256, 256)
     assert hr.f_hat.shape == (1, 8, 32, 32) and [b.shape[-1] for b in hr.bits] == [2, 4, 8, 12, 16, 24, 32]
 
 
@@ -146,18 +148,18 @@ def test_our_format_round_trip(tmp_path):
 def test_encode_decode_api():
     tok = _random_tiny(3).eval()
     g = torch.Generator().manual_seed(0)
-    img = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
-    grids = [(2, 2), (4, 4), (8, 8)]
+    img = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    grids = [(2, 2), (4, 4)]
     with torch.no_grad():
         z = tok.encode_raw(img)
         dec = tok.encode_bits(img, grids)
         out = tok.decode(dec.f_hat)
         assert torch.equal(tok.decode(dec.codes), out)  # a list of per-scale codes is summed first
         z5 = tok.encode_raw(img[:, :, None])  # official 5-D layout (B, 3, 1, H, W)
-    assert z.dtype == torch.float32 and z.shape == (2, 8, 8, 8) and z5.shape == (2, 8, 1, 8, 8)
+    assert z.dtype == torch.float32 and z.shape == (2, 8, 4, 4) and z5.shape == (2, 8, 1, 4, 4)
     torch.testing.assert_close(z5[:, :, 0], z)
     assert out.shape == img.shape and out.min() >= -1 and out.max() <= 1
-    assert [tuple(b.shape) for b in dec.bits] == [(2, 8, 2, 2), (2, 8, 4, 4), (2, 8, 8, 8)]
+    assert [tuple(b.shape) for b in dec.bits] == [(2, 8, 2, 2), (2, 8, 4, 4)]
     with pytest.raises(ValueError, match="multiples of 8"):
         tok.encode_raw(torch.zeros(1, 3, 60, 64))
     with pytest.raises(ValueError, match=r"expected \(B, 8, h, w\)"):
