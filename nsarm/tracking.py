@@ -170,7 +170,8 @@ def get_run_data(run_id: str, tracking_uri: str | None = None) -> dict:
     init_tracking(tracking_uri)
     run = mlflow.MlflowClient().get_run(run_id)
     return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
-            "status": run.info.status, "artifact_uri": run.info.artifact_uri}
+            "status": run.info.status, "artifact_uri": run.info.artifact_uri,
+            "experiment_id": run.info.experiment_id}
 
 
 def list_artifacts(run_id: str, path: str | None = None, tracking_uri: str | None = None) -> list[str]:
@@ -218,6 +219,15 @@ def set_model_alias(name: str, alias: str, version: str, tracking_uri: str | Non
 
     init_tracking(tracking_uri)
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any], tracking_uri: str | None = None) -> None:
+    import mlflow
+
+    init_tracking(tracking_uri)
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
 
 
 def get_model_version(name: str, alias: str | None = None, version: str | None = None,

@@ -57,6 +57,7 @@ class TrainConfig:
     deg_hash: str | None = None  # LR version under {root}/lr/; None = the only complete one
     cap_hash: str | None = None  # caption version under {root}/captions/; None = the only one (or no captions)
     data_block_size: int = 256  # reader shuffle block inside a shard
+    holdout: int = 0  # samples at the end of the last shard kept out of training (the flow's evaluation split)
     # -- checkpoints and logging
     checkpoint_every: int = 1000  # optimiser steps between checkpoints (and at the last step)
     keep_checkpoints: int = 3  # last K kept (Ray CheckpointConfig(num_to_keep))

@@ -88,16 +88,34 @@ def to_tensor(img_HW3: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(img_HW3)).permute(2, 0, 1).float() / 255
 
 
+def holdout_keys(root: str, n: int) -> frozenset[str]:
+    """The evaluation split: the last `n` samples (tar order) of the last done HR shard. Training skips them and the
+    flow's evaluate step scores exactly them, so both agree without writing a split file."""
+    if n <= 0:
+        return frozenset()
+    from dataset.reader import load_index
+
+    index = load_index(root.rstrip("/"))
+    keys = index[-1].keys
+    if len(keys) <= n:
+        raise ValueError(f"dataset root {root}: the last shard has {len(keys)} samples, cannot hold out {n}")
+    return frozenset(keys[-n:])
+
+
 class BatchStream:
-    """Endless micro batches of one rank; position = (epoch, consumed samples this epoch)."""
+    """Endless micro batches of one rank; position = (epoch, consumed samples this epoch).
+
+    `exclude`: keys never trained on (the held-out split); they still count as consumed reader positions.
+    """
 
     def __init__(self, root: str, versions: Versions, rank: int, world_size: int, micro_batch: int, hr_size: int,
-                 lr_size: int, seed: int = 0, block_size: int = 256):
+                 lr_size: int, seed: int = 0, block_size: int = 256, exclude: frozenset[str] = frozenset()):
         self.reader = DatasetReader(root, deg_hash=versions.deg_hash, cap_hash=versions.cap_hash, rank=rank,
                                     world_size=world_size, seed=seed, shuffle=True, block_size=block_size,
                                     batch_size=micro_batch, drop_last=True)
         self.micro_batch, self.hr_size, self.lr_size = micro_batch, hr_size, lr_size
-        if len(self.reader) < micro_batch:
+        self.exclude = exclude
+        if len(self.reader) - len(exclude) < micro_batch:
             raise ValueError(f"dataset {root} gives rank {rank}/{world_size} {len(self.reader)} samples per epoch, "
                              f"fewer than one micro batch of {micro_batch}")
         self.epoch, self.consumed = 0, 0
@@ -127,13 +145,28 @@ class BatchStream:
     def __iter__(self) -> BatchStream:
         return self
 
+    def _next_sample(self) -> dict | None:
+        """The next trainable sample of this epoch, or None at its end (position advances past held-out keys)."""
+        while self.consumed < len(self.reader):
+            if self._it is None:
+                self._open()
+            s = next(self._it)
+            self.consumed += 1
+            if s["key"] not in self.exclude:
+                return s
+        return None
+
     def __next__(self) -> Batch:
-        if len(self.reader) - self.consumed < self.micro_batch:  # partial tail: next epoch
+        for _ in range(3):  # an epoch whose tail is shorter than a batch is cut; the batch starts the next one
+            start = (self.epoch, self.consumed)
+            samples = []
+            while len(samples) < self.micro_batch and (s := self._next_sample()) is not None:
+                samples.append(s)
+            if len(samples) == self.micro_batch:
+                break
             self.epoch, self.consumed, self._it = self.epoch + 1, 0, None
-        if self._it is None:
-            self._open()
-        samples = [next(self._it) for _ in range(self.micro_batch)]
-        self.consumed += self.micro_batch
+        else:
+            raise RuntimeError(f"no full batch of {self.micro_batch} in 3 epochs from {start}")
         return Batch(
             hr_B3HW=torch.stack([to_tensor(s["hr"], self.hr_size) for s in samples]),
             lr_B3hw=torch.stack([to_tensor(s["lr"], self.lr_size) for s in samples]),

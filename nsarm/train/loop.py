@@ -41,7 +41,7 @@ from nsarm.model import NSARMModel, build_model, model_config
 from nsarm.scales import get_schedule
 from nsarm.train import state as st
 from nsarm.train.config import TrainConfig
-from nsarm.train.data import BatchStream, pick_versions
+from nsarm.train.data import BatchStream, holdout_keys, pick_versions
 from nsarm.train.latents import LatentCache
 from nsarm.train.steps import Stage2Options, stage1_loss, stage2_loss
 
@@ -252,7 +252,7 @@ def train_stage(cfg: TrainConfig, root: str, ctx: Context, tracker: Tracker | No
     micro = cfg.micro_batch(world)
     versions = pick_versions(root, cfg.deg_hash, cfg.cap_hash)
     stream = BatchStream(root, versions, rank, world, micro, hr_size, lr_size, seed=cfg.seed,
-                         block_size=cfg.data_block_size)
+                         block_size=cfg.data_block_size, exclude=holdout_keys(root, cfg.holdout))
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     torch.manual_seed(cfg.seed * 1000 + rank + 1)  # dropout / drop-path streams differ per rank
 
@@ -342,6 +342,7 @@ def save(cfg, ctx: Context, metrics: dict, step: int, stage_module: StageModule,
          scheduler, stream: BatchStream, generator: torch.Generator) -> None:
     """All ranks: gather RNG; FSDP ranks write their shards; rank 0 writes train_state.pt; everyone reports."""
     rng = st.gather_rng(generator, ctx.world_size)
+    data = st.gather(stream.state_dict(), ctx.world_size)  # ranks differ when held-out keys fall unevenly
     tmp = Path(tempfile.mkdtemp(prefix=f"nsarm-ckpt-r{ctx.rank}-"))
     try:
         fsdp = cfg.strategy == "fsdp"
@@ -350,7 +351,7 @@ def save(cfg, ctx: Context, metrics: dict, step: int, stage_module: StageModule,
 
             save_sharded(trained, optimizer, tmp / "model")
         if ctx.rank == 0:
-            st.save_state(tmp, step=step, data=stream.state_dict(), rng=rng,
+            st.save_state(tmp, step=step, data=data, rng=rng,
                           optimizer=None if fsdp else optimizer.state_dict(), scheduler=scheduler.state_dict(),
                           model=None if fsdp else _trainable_state(stage_module),
                           train_config=cfg.to_dict(), model_config=stage_module.model_config,
@@ -382,7 +383,7 @@ def restore(directory: Path, cfg: TrainConfig, stage_module: StageModule, traine
         stage_module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    stream.load_state_dict(state["data"])
+    stream.load_state_dict(state["data"][rank])
     st.set_rng_state(state["rng"][rank], generator)
     return int(state["step"])
 

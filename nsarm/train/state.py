@@ -46,7 +46,11 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 def gather_rng(generator: torch.Generator, world_size: int) -> list[dict]:
     """RNG states of every rank (collective when distributed; call on all ranks)."""
-    mine = rng_state(generator)
+    return gather(rng_state(generator), world_size)
+
+
+def gather(mine, world_size: int) -> list:
+    """One picklable object per rank, in rank order (collective when distributed; call on all ranks)."""
     if world_size == 1 or not dist.is_initialized():
         return [mine]
     out: list = [None] * world_size

@@ -36,10 +36,13 @@ def wait_http(url: str, timeout: float) -> None:
 def train_root(sample_photos, tmp_path_factory):
     """10 real photos as a DESIGN §3 dataset root (HR 256² JPEG, LR 64² PNG, captions), 2 shards; the other 2
     photos stay held out for evaluation."""
+    from dataset.manifest import write_manifest
     from nsarm.train.photo_dataset import build_photo_dataset
 
     root = tmp_path_factory.mktemp("train-root")
-    return build_photo_dataset([p.path for p in sample_photos[:10]], str(root), hr_size=256, shard_size=6)
+    info = build_photo_dataset([p.path for p in sample_photos[:10]], str(root), hr_size=256, shard_size=6)
+    info["manifest"] = write_manifest(str(root), name="train-test-photos")
+    return info
 
 
 @pytest.fixture(scope="session")

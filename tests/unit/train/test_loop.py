@@ -28,13 +28,24 @@ def _keys(log) -> dict[int, list[str]]:
     return out
 
 
-def test_resume_continues_exactly(train_root, latent_cache, tmp_path):
+@pytest.fixture(scope="module")
+def two_steps(train_root, latent_cache, tmp_path_factory):
+    """A stage-2 run of 2 steps (checkpoint at step 2) that the tests copy or read."""
+    d = tmp_path_factory.mktemp("two-steps")
+    cfg, ctx, out = _run(train_root["root"], d / "run", latent_cache, 2, d / "b.log")
+    assert out["step"] == 2 and out["resumed_from_step"] == 0
+    return cfg, d
+
+
+def test_resume_continues_exactly(train_root, latent_cache, two_steps, tmp_path):
     """4 steps straight == 2 steps, stop, rerun to 4 (same run dir): bitwise equal weights, the step counter
     continues, and the samples of steps 3-4 are exactly those of the uninterrupted run (none repeated/skipped)."""
+    import shutil
+
     root = train_root["root"]
     _, ctx_a, a = _run(root, tmp_path / "a", latent_cache, 4, tmp_path / "a.log")
-    _, ctx_b1, b1 = _run(root, tmp_path / "b", latent_cache, 2, tmp_path / "b.log")
-    assert b1["step"] == 2 and b1["resumed_from_step"] == 0
+    shutil.copytree(two_steps[1] / "run", tmp_path / "b")
+    shutil.copy(f"{two_steps[1] / 'b.log'}.rank0.jsonl", f"{tmp_path / 'b.log'}.rank0.jsonl")
     _, ctx_b2, b2 = _run(root, tmp_path / "b", latent_cache, 4, tmp_path / "b.log")
     assert b2["resumed_from_step"] == 2 and b2["step"] == 4
     assert [r["step"] for r in ctx_b2.reports] == [4]
@@ -46,15 +57,15 @@ def test_resume_continues_exactly(train_root, latent_cache, tmp_path):
     assert len(seen) == len(set(seen)) == 8  # 10 samples per epoch: 8 distinct in the first 4 steps of 2
     sa = st.load_state(ctx_a.latest_checkpoint())
     sb = st.load_state(ctx_b2.latest_checkpoint())
-    assert sa["step"] == sb["step"] == 4 and sa["data"] == sb["data"] == {**sa["data"], "epoch": 0, "consumed": 8}
+    assert sa["step"] == sb["step"] == 4 and sa["data"] == sb["data"] == [{**sa["data"][0], "epoch": 0, "consumed": 8}]
     for k, v in sa["model"].items():
         assert torch.equal(v, sb["model"][k]), k
     assert a["train/loss"] == b2["train/loss"]
 
 
-def test_checkpoint_round_trip_bitwise(train_root, latent_cache, tmp_path):
-    cfg, ctx, _ = _run(train_root["root"], tmp_path / "r", latent_cache, 2, tmp_path / "r.log")
-    ckpt = ctx.latest_checkpoint()
+def test_checkpoint_round_trip_bitwise(two_steps, tmp_path):
+    cfg, d = two_steps
+    ckpt = LocalContext(d / "run").latest_checkpoint()
     state = st.load_state(ckpt)
     model, _ = build_models(cfg, torch.device("cpu"))
     module = StageModule(model, 2)
@@ -69,11 +80,11 @@ def test_checkpoint_round_trip_bitwise(train_root, latent_cache, tmp_path):
     assert all(torch.equal(again["model"][k], v) for k, v in state["model"].items())
     assert state["optimizer"]["state"] and state["step"] == 2 and len(state["rng"]) == 1
     # the kept checkpoints are the last K
-    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step_00000002"]
+    assert sorted(p.name for p in (d / "run" / "checkpoints").iterdir()) == ["step_00000002"]
 
 
-def test_resume_refuses_other_stage(train_root, latent_cache, tmp_path):
-    _run(train_root["root"], tmp_path / "s", latent_cache, 2, tmp_path / "s.log")
+def test_resume_refuses_other_stage(train_root, latent_cache, two_steps, tmp_path):
     cfg = train_config("tiny", 1, steps=3, batch_size=2, image_every=0)
     with pytest.raises(ValueError, match="stage 2"):
-        train_stage(cfg, train_root["root"], LocalContext(tmp_path / "s"), options=LoopOptions(latent_cache=latent_cache))
+        train_stage(cfg, train_root["root"], LocalContext(two_steps[1] / "run"),
+                    options=LoopOptions(latent_cache=latent_cache))

@@ -172,3 +172,29 @@ def test_config_presets_and_errors():
         train_config("huge", 1)
     cfg = train_config("tiny", 2, steps=7)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_batch_stream_holdout_and_position(train_root):
+    """Held-out keys are never yielded; a stream restored from a position yields exactly what the original
+    yields next; the epoch tail shorter than a batch is dropped."""
+    from nsarm.train.data import BatchStream, holdout_keys, pick_versions
+
+    root = train_root["root"]
+    held = holdout_keys(root, 2)
+    assert len(held) == 2 and held <= set(train_root["keys"][6:])
+    versions = pick_versions(root)
+
+    def stream():
+        return BatchStream(root, versions, 0, 1, 3, 256, 64, block_size=64, exclude=held)
+
+    a = stream()
+    first = [next(a).keys for _ in range(2)]  # 8 trainable samples per epoch: batches of 3 → 2 per epoch
+    assert not (set(sum(first, [])) & held) and len(set(sum(first, []))) == 6
+    pos = a.state_dict()
+    nxt = [next(a).keys for _ in range(3)]
+    b = stream()
+    b.load_state_dict(pos)
+    assert [next(b).keys for _ in range(3)] == nxt
+    assert a.epoch == 2 and not (set(sum(nxt, [])) & held)
+    with pytest.raises(ValueError, match="held out|cannot hold out"):
+        holdout_keys(root, 4)

@@ -1,0 +1,132 @@
+"""Training throughput per worker: samples/s and tokens/s of one optimiser step (forward + backward + AdamW).
+
+    python benchmarks/training.py [--threads 1] [--repeats 3] [--batch 2]
+
+Models (CPU, fp32, random weights, synthetic latents — the frozen tokenizer is excluded, its latents are cached):
+  tiny        the `tiny` preset, stage 1 (map net MSE) and stage 2 (end-to-end bitwise CE, Alg. 2), 521 tokens
+  2b-d2       Infinity-2B shapes (C 2048, 16 heads, 32-bit tokens) with depth reduced to 2, stage-2-style bitwise CE
+              on the '0.06M' schedule (521 tokens); no transformation net (2B has none)
+Reference, measured in the same run: a plain PyTorch `nn.TransformerEncoder` (pre-norm, GELU) of the same width,
+depth, heads, FF width and token count, with a linear bit head and the same CE + AdamW step: what the transformer
+part would cost without Infinity's AdaLN, cross-attention and RoPE. The ratio ours/reference shows that overhead.
+On GPU (when one is present) the script also prints MFU = 6 · N_params · tokens/s / peak_flops (bf16 peak given by
+--peak-tflops); attention FLOPs are left out of the 6N rule, so MFU is slightly understated at long sequences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nsarm  # noqa: F401  (torchvision shim)
+from nsarm.model import build_model
+from nsarm.scales import get_schedule
+from nsarm.text import build_tiny_text_encoder
+from nsarm.train.steps import Stage2Options, stage1_loss, stage2_loss
+from nsarm.transformer import InfinityTransformer, PackedText, TransformerConfig
+
+
+def timed(step, repeats: int) -> float:
+    step()  # warm-up (allocations, first-call overhead)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def adamw_step(loss_fn, params):
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.97))
+
+    def step():
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+
+    return step
+
+
+def reference_step(cfg: TransformerConfig, B: int, L: int, device):
+    layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    enc = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False).to(device)
+    emb, head = nn.Linear(cfg.d_vae, cfg.embed_dim).to(device), nn.Linear(cfg.embed_dim, 2 * cfg.d_vae).to(device)
+    x = torch.randn(B, L, cfg.d_vae, device=device)
+    y = torch.randint(0, 2, (B * L * cfg.d_vae,), device=device)
+    mask = torch.triu(torch.full((L, L), float("-inf"), device=device), 1)  # same attention cost as block-causal
+    params = [*enc.parameters(), *emb.parameters(), *head.parameters()]
+    return adamw_step(lambda: F.cross_entropy(head(enc(emb(x), mask=mask)).reshape(-1, 2), y), params), params
+
+
+def ours_transformer_step(cfg: TransformerConfig, grids, B: int, device):
+    torch.manual_seed(0)
+    tr = InfinityTransformer(cfg).to(device)
+    L = sum(h * w for h, w in grids)
+    x = torch.randn(B, L - 1, cfg.d_vae, device=device)
+    y = torch.randint(0, 2, (B * L * cfg.d_vae,), device=device)
+    text = PackedText(torch.randn(B * 8, cfg.text_channels, device=device), torch.full((B,), 8))
+    params = list(tr.parameters())
+    return adamw_step(lambda: F.cross_entropy(tr(text, x, grids).reshape(-1, 2), y), params), params
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU (H100 SXM: 989)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    B = a.batch
+    sched = get_schedule("0.06M", 1.0, 2)
+    grids, L = list(sched.grids), sched.num_tokens
+    rows = []
+
+    # tiny, stage 1 and stage 2 (the real loss functions)
+    torch.manual_seed(0)
+    m = build_model("tiny", with_tokenizer=False).to(device).train()
+    enc = build_tiny_text_encoder(d_model=64)
+    z_lr, z_hr = torch.randn(B, 8, 8, 8, device=device), torch.randn(B, 8, 32, 32, device=device)
+    text = enc.encode(["a photo of a cat"] * B)
+    s1 = adamw_step(lambda: stage1_loss(m.map_transformer, z_lr, z_hr, sched.vae_grids, 4).loss,
+                    list(m.map_transformer.parameters()))
+    g = torch.Generator().manual_seed(0)
+    opts = Stage2Options(k_t=4)
+    s2_params = [*m.transformer.parameters(), *m.map_transformer.parameters()]
+    s2 = adamw_step(lambda: stage2_loss(m.transformer, m.map_transformer, z_lr, z_hr, text, grids, 2, opts, g).loss,
+                    s2_params)
+    ref_tiny, ref_tiny_params = reference_step(m.cfg.transformer, B, L, device)
+    for name, step, params in (("tiny stage 1", s1, list(m.map_transformer.parameters())),
+                               ("tiny stage 2", s2, s2_params), ("tiny reference encoder", ref_tiny, ref_tiny_params)):
+        rows.append((name, timed(step, a.repeats), sum(p.numel() for p in params)))
+
+    # Infinity-2B shapes, depth 2
+    cfg2b = TransformerConfig(depth=2, block_chunks=2)
+    ours2b, p_ours = ours_transformer_step(cfg2b, grids, B, device)
+    ref2b, p_ref = reference_step(cfg2b, B, L, device)
+    rows.append(("2b-d2 ours (Infinity block)", timed(ours2b, a.repeats), sum(p.numel() for p in p_ours)))
+    rows.append(("2b-d2 reference encoder", timed(ref2b, a.repeats), sum(p.numel() for p in p_ref)))
+
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {B}, tokens/sample {L}, best of {a.repeats}")
+    print(f"{'model':32s} {'params':>12s} {'s/step':>8s} {'samples/s':>10s} {'tokens/s':>10s}"
+          + ("  MFU" if device.type == "cuda" else ""))
+    for name, t, n in rows:
+        extra = f"  {6 * n * B * L / t / (a.peak_tflops * 1e12):.3%}" if device.type == "cuda" else ""
+        print(f"{name:32s} {n:12,d} {t:8.3f} {B / t:10.2f} {B * L / t:10.0f}{extra}")
+    t = {name: t for name, t, _ in rows}
+    print(f"ratio tiny stage 2 / reference encoder (time per step): {t['tiny stage 2'] / t['tiny reference encoder']:.2f}")
+    print(f"ratio 2b-d2 ours / reference encoder (time per step):   "
+          f"{t['2b-d2 ours (Infinity block)'] / t['2b-d2 reference encoder']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The train-nsarm flow's library steps around training: tokenizer warm-up (tiny) and evaluation on the held-out split.
+
+    tok = warm_up_tokenizer(root, "runs/tokenizer/tiny.safetensors", steps=300, holdout=2)   # tiny preset only
+    res = evaluate_export(export_uri, root, holdout=2, out_dir="runs/eval/stage2", mlflow_run_id=run_id)
+    # res = {"model": {"psnr": …, "ssim": …}, "bicubic": {...}, "report": dir, "testset": dir}
+
+The held-out split is `data.holdout_keys(root, n)`: the last n samples of the last shard, which training skips.
+Evaluation writes them as an LR/HR folder test set, upscales with the exported model (`nsarm upscale`'s loading
+path: our-format directory + its text encoder), scores PSNR/SSIM on Y with nsarm.eval, and scores bicubic ×4 on the
+same images as the reference.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dataset import contract
+from nsarm.train.data import holdout_keys, pick_versions
+
+
+def holdout_samples(root: str, n: int, deg_hash: str | None = None, cap_hash: str | None = None) -> list[dict]:
+    """[{key, hr (H, W, 3) uint8, lr (h, w, 3) uint8, caption}] of the held-out keys, in tar order."""
+    from PIL import Image
+
+    from dataset.reader import load_index
+
+    keys = holdout_keys(root, n)
+    versions = pick_versions(root, deg_hash, cap_hash)
+    shard = load_index(root.rstrip("/"))[-1].shard
+    captions = {}
+    if versions.cap_hash:
+        import fsspec
+        import pyarrow.parquet as pq
+
+        with fsspec.open(contract.caption_parquet(root, versions.cap_hash, shard), "rb") as f:
+            t = pq.read_table(f, columns=["key", "caption"]).to_pydict()
+        captions = dict(zip(t["key"], t["caption"], strict=True))
+    lrs = {k: files["png"] for k, files, err in contract.iter_tar_samples(contract.lr_tar(root, versions.deg_hash,
+                                                                                          shard)) if not err}
+    out = []
+    for key, files, err in contract.iter_tar_samples(contract.hr_tar(root, shard)):
+        if err or key not in keys:
+            continue
+        hr = np.asarray(Image.open(io.BytesIO(files["jpg"])).convert("RGB"))
+        lr = np.asarray(Image.open(io.BytesIO(lrs[key])).convert("RGB"))
+        out.append({"key": key, "hr": hr, "lr": lr, "caption": captions.get(key) or ""})
+    return out
+
+
+def warm_up_tokenizer(root: str, out_path: str, steps: int = 300, holdout: int = 0, max_seconds: float | None = None,
+                      seed: int = 0) -> str:
+    """Train the tiny BSQ-VAE on the dataset's HR images (held-out keys excluded); reuses an existing file."""
+    import torch
+
+    from nsarm.tokenizer import save_tokenizer
+    from nsarm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+    from nsarm.train.data import BatchStream
+
+    out = Path(out_path)
+    if out.is_file() and out.with_suffix(".json").is_file():
+        return str(out)
+    versions = pick_versions(root)
+    stream = BatchStream(root, versions, 0, 1, 1, 256, 64, seed=seed, exclude=holdout_keys(root, holdout))
+    n = stream.num_samples - holdout
+    images = [next(stream).hr_B3HW[0] * 2 - 1 for _ in range(n)]  # one epoch, (3, 256, 256) in [-1, 1]
+    cfg = TokenizerTrainConfig(steps=steps, seed=seed, max_seconds=max_seconds, short_side=(96, 256))
+    torch.manual_seed(seed)
+    tok, _ = train_tokenizer(cfg, images)
+    save_tokenizer(tok, out)
+    return str(out)
+
+
+def evaluate_export(export_uri: str, root: str, holdout: int, out_dir: str, *, mlflow_run_id: str | None = None,
+                    tracking_uri: str | None = None, name: str = "nsarm", seed: int = 1) -> dict:
+    """Upscale the held-out LR images with the export and score them (PSNR/SSIM on Y) against bicubic."""
+    import torch
+    from PIL import Image
+
+    from nsarm.checkpoints import load_checkpoint, text_encoder_dir
+    from nsarm.eval.evaluate import score_testset, summarize
+    from nsarm.eval.metrics import MetricConfig, MetricSuite
+    from nsarm.eval.run import MlflowTarget, evaluate_upscaler
+    from nsarm.eval.testsets import folder_testset, write_png
+    from nsarm.inference import UpscaleOptions, bicubic_upscale, upscale_images
+    from nsarm.text import build_tiny_text_encoder, load_text_encoder
+
+    samples = holdout_samples(root, holdout)
+    if not samples:
+        raise ValueError(f"no held-out samples in {root} (holdout={holdout})")
+    model = load_checkpoint(export_uri)
+    tdir = text_encoder_dir(export_uri)
+    enc = load_text_encoder(tdir) if tdir else build_tiny_text_encoder(d_model=model.cfg.transformer.text_channels)
+    out = Path(out_dir)
+    for s in samples:
+        size = s["lr"].shape[0] * 4  # the model upscales any LR size ×4 (tiled); the reference must match
+        hr = s["hr"] if s["hr"].shape[0] == size else np.asarray(Image.fromarray(s["hr"]).resize((size, size),
+                                                                                                 Image.BICUBIC))
+        write_png(hr, out / "testset" / "HR" / f"{s['key']}.png")
+        write_png(s["lr"], out / "testset" / "LR" / f"{s['key']}.png")
+    jsonl = out / "testset" / "captions.jsonl"
+    jsonl.write_text("".join(json.dumps({"image_path": f"{s['key']}.png", "h_div_w": 1.0, "long_caption": s["caption"]})
+                             + "\n" for s in samples))
+    testset = folder_testset("holdout", out / "testset" / "LR", out / "testset" / "HR", jsonl)
+    by_key = {s["key"]: s["caption"] for s in samples}
+
+    def upscale(lrs, captions=None):
+        caps = [c or "" for c in (captions or [""] * len(lrs))]
+        with torch.no_grad():
+            srs = upscale_images(model, [torch.from_numpy(x.copy()).permute(2, 0, 1).float() / 255 for x in lrs],
+                                 enc.encode(caps), UpscaleOptions(seed=seed))
+        return [(sr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for sr in srs]
+
+    def bicubic(lrs):
+        return [(bicubic_upscale(torch.from_numpy(x.copy()).permute(2, 0, 1).float() / 255,
+                                 (x.shape[0] * 4, x.shape[1] * 4)).permute(1, 2, 0).numpy() * 255).round()
+                .astype(np.uint8) for x in lrs]
+
+    cfg = MetricConfig(metrics=("psnr", "ssim"))
+    suite = MetricSuite(cfg)
+    base = score_testset(suite, testset, bicubic)
+    target = MlflowTarget(experiment="nsarm-train", run_id=mlflow_run_id, tracking_uri=tracking_uri) \
+        if mlflow_run_id else None
+    report = evaluate_upscaler(cfg, testset, upscale, name=name, out_dir=out / "report", baselines={"bicubic": base},
+                               mlflow=target, suite=suite)
+    ours = report.summary[report.summary["method"] == name] if "method" in report.summary else report.summary
+    model_scores = {k: float(ours.iloc[0][k]) for k in ("psnr", "ssim") if k in ours.columns}
+    return {"model": model_scores, "bicubic": summarize(base, ("psnr", "ssim")), "report": str(out / "report"),
+            "testset": str(out / "testset"), "keys": sorted(by_key)}
