@@ -15,19 +15,13 @@ from collections.abc import Sequence
 
 import torch
 
-# Last grid of the '1M' schedule per aspect ratio h/w (from dynamic_resolution.py; spec §2.1). Only the ratios
-# confirmed in the spec are listed; other ratios must pass `full_hw` explicitly.
-FULL_GRID_1M = {1.0: (64, 64), 1.25: (70, 56), 2.0: (90, 45), 0.8: (56, 70), 0.5: (45, 90)}
-
 
 def full_grid_for(scale_schedule: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The 1M-grid that positions are normalised to, chosen from the aspect ratio of the schedule's last scale."""
+    """The 1M grid positions are normalised to, from the aspect ratio of the schedule's last scale (nearest template)."""
+    from nsarm.scales import rope_grid
+
     h, w = scale_schedule[-1][-2:]
-    ratio = round(h / w, 3)
-    for r, hw in FULL_GRID_1M.items():
-        if abs(r - ratio) < 0.02:
-            return hw
-    raise ValueError(f"no 1M RoPE grid known for aspect ratio {ratio} (last scale {h}x{w}); pass full_hw explicitly")
+    return rope_grid(h / w)
 
 
 def rope_positions(scale_schedule: Sequence[tuple[int, int]], full_hw: tuple[int, int] | None = None) -> torch.Tensor:

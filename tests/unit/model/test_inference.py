@@ -140,3 +140,14 @@ def test_sampled_sequence_teacher_forced_gives_the_same_logits(fast_model, tiny_
     for got, want in zip(trace["inputs"], ref.inputs, strict=True):
         torch.testing.assert_close(got, to_tokens(patchify(want, 2)), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ref.f_hat, f_hat, atol=1e-5, rtol=1e-5)
+
+
+def test_text_to_image_generation_is_seeded(fast_model, tiny_text_encoder):
+    from nsarm.inference import generate
+
+    text = tiny_text_encoder.encode(["a red flower", "a blue lake"])
+    sampling = SamplingConfig(cfg_scale=3.0, tau=1.0, top_p=0.0, next_mode="trilinear")
+    a = generate(fast_model, text, sampling, seed=0)
+    assert a.shape == (2, 3, 256, 256) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, generate(fast_model, text, sampling, seed=0))
+    assert not torch.equal(a, generate(fast_model, text, sampling, seed=1))
