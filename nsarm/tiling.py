@@ -48,33 +48,41 @@ def _ramp(n: int, lo_ramp: int, hi_ramp: int) -> torch.Tensor:
     return w
 
 
-def blend_tiles(tiles: list[torch.Tensor], starts: list[tuple[int, int]], out_hw: tuple[int, int]) -> torch.Tensor:
-    """Blend (C, t, t) tiles placed at (y, x) into one (C, H, W) image.
+class TileBlender:
+    """Accumulates (C, t, t) tiles placed at (y, x) on a tile grid into one (C, H, W) image, tile by tile.
 
     Each tile's weight ramps over the overlap on sides where it has a neighbour (the true overlap with that
-    neighbour), and is 1 towards the image border. A single tile comes back bit-for-bit.
+    neighbour) and is 1 towards the image border, so memory stays O(output) and a single tile comes back exactly.
     """
-    if len(tiles) == 1 and tiles[0].shape[-2:] == tuple(out_hw):
-        return tiles[0]
-    C, t_h, t_w = tiles[0].shape
-    H, W = out_hw
-    acc = torch.zeros(C, H, W, dtype=torch.float64, device=tiles[0].device)
-    wsum = torch.zeros(1, H, W, dtype=torch.float64, device=tiles[0].device)
-    ys, xs = sorted({y for y, _ in starts}), sorted({x for _, x in starts})
 
-    def ramps(pos: int, all_pos: list[int], t: int) -> tuple[int, int]:
+    def __init__(self, channels: int, out_hw: tuple[int, int], ys: list[int], xs: list[int], tile_hw: tuple[int, int]):
+        self.ys, self.xs, self.tile_hw = sorted(ys), sorted(xs), tile_hw
+        self.acc = torch.zeros(channels, *out_hw, dtype=torch.float64)
+        self.wsum = torch.zeros(1, *out_hw, dtype=torch.float64)
+
+    @staticmethod
+    def _ramps(pos: int, all_pos: list[int], t: int) -> tuple[int, int]:
         i = all_pos.index(pos)
         lo = all_pos[i - 1] + t - pos if i > 0 else 0  # overlap with the previous tile
         hi = pos + t - all_pos[i + 1] if i + 1 < len(all_pos) else 0
         return max(lo, 0), max(hi, 0)
 
+    def add(self, tile: torch.Tensor, y: int, x: int) -> None:
+        t_h, t_w = self.tile_hw
+        w = _ramp(t_h, *self._ramps(y, self.ys, t_h))[:, None] * _ramp(t_w, *self._ramps(x, self.xs, t_w))[None, :]
+        self.acc[:, y : y + t_h, x : x + t_w] += tile.detach().cpu().double() * w
+        self.wsum[:, y : y + t_h, x : x + t_w] += w
+
+    def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.acc / self.wsum).to(dtype)
+
+
+def blend_tiles(tiles: list[torch.Tensor], starts: list[tuple[int, int]], out_hw: tuple[int, int]) -> torch.Tensor:
+    """Blend (C, t, t) tiles placed at (y, x) into one (C, H, W) image (see TileBlender)."""
+    blender = TileBlender(tiles[0].shape[0], out_hw, list({y for y, _ in starts}), list({x for _, x in starts}), tuple(tiles[0].shape[-2:]))
     for tile, (y, x) in zip(tiles, starts, strict=True):
-        wy = _ramp(t_h, *ramps(y, ys, t_h)).to(acc.device)
-        wx = _ramp(t_w, *ramps(x, xs, t_w)).to(acc.device)
-        w = wy[:, None] * wx[None, :]
-        acc[:, y : y + t_h, x : x + t_w] += tile.double() * w
-        wsum[:, y : y + t_h, x : x + t_w] += w
-    return (acc / wsum).to(tiles[0].dtype)
+        blender.add(tile, y, x)
+    return blender.result(tiles[0].dtype)
 
 
 def pad_to_tile(img_3hw: torch.Tensor, tile: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -108,29 +116,29 @@ def tiled_upscale(
     Returns:
         (3, scale·h, scale·w) tensors, tiles blended by `blend_tiles`.
     """
-    jobs = []  # (image index, tile index, y, x, tile)
+    jobs = []  # (image index, tile index, y, x)
+    blenders, padded_images = [], []
     for i, img in enumerate(images_3hw):
         padded, _ = pad_to_tile(img, tile)
         ys, xs = tile_starts(padded.shape[1], tile, overlap), tile_starts(padded.shape[2], tile, overlap)
-        for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
-            jobs.append((i, k, y, x, padded[:, y : y + tile, x : x + tile]))
-    outs: list[torch.Tensor] = []
+        jobs.extend((i, k, y, x) for k, (y, x) in enumerate((y, x) for y in ys for x in xs))
+        out_hw = (padded.shape[1] * scale, padded.shape[2] * scale)
+        blenders.append(TileBlender(3, out_hw, [y * scale for y in ys], [x * scale for x in xs], (tile * scale,) * 2))
+        padded_images.append(padded)
     for b0 in range(0, len(jobs), batch_size):
         batch = jobs[b0 : b0 + batch_size]
-        sr = tile_fn(torch.stack([j[4] for j in batch]), [j[0] for j in batch], [j[1] for j in batch])
+        tiles = torch.stack([padded_images[i][:, y : y + tile, x : x + tile] for i, _, y, x in batch])
+        sr = tile_fn(tiles, [j[0] for j in batch], [j[1] for j in batch])
         if tuple(sr.shape[1:]) != (3, scale * tile, scale * tile):
             raise ValueError(f"tile_fn returned {tuple(sr.shape)}, expected (B, 3, {scale * tile}, {scale * tile})")
-        outs.extend(sr.cpu())
+        for (i, _, y, x), out in zip(batch, sr, strict=True):
+            blenders[i].add(out, y * scale, x * scale)  # accumulate now: memory stays O(output), not O(tiles)
         if progress:
-            progress(len(outs), len(jobs))
-    results = []
-    for i, img in enumerate(images_3hw):
-        mine = [(j, o) for j, o in zip(jobs, outs, strict=True) if j[0] == i]
-        h, w = img.shape[-2:]
-        padded_hw = (max(tile, h) * scale, max(tile, w) * scale)
-        sr = blend_tiles([o for _, o in mine], [(j[2] * scale, j[3] * scale) for j, _ in mine], padded_hw)
-        results.append(sr[:, : h * scale, : w * scale])
-    return results
+            progress(min(b0 + batch_size, len(jobs)), len(jobs))
+    return [
+        blender.result(img.dtype)[:, : img.shape[1] * scale, : img.shape[2] * scale]
+        for blender, img in zip(blenders, images_3hw, strict=True)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ colour fix
