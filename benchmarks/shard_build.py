@@ -6,8 +6,9 @@ Both sides fetch the same N URLs from one local HTTP server on 127.0.0.1 (1600×
 bundled real photographs; URLs differ by a query string the server ignores) and write the same output: WebDataset
 tars of 1024² centre crops, JPEG q95, plus a JSON per sample, with the same number of processes and download
 threads. The reference follows img2dataset's architecture (threads download, the process's main thread decodes,
-resizes with PIL's area filter and encodes) with requests + PIL: img2dataset itself was not installable into the
-project venv without downgrading opencv/webdataset/pandas. Ours is `build_shards` on a Ray cluster started
+resizes with PIL's area filter and encodes) with requests + PIL: img2dataset itself is not installable into the
+project venv without downgrading opencv/webdataset/pandas; `--img2dataset /path/venv/bin/img2dataset` also runs
+the real one from a separate venv (`python -m venv v && v/bin/pip install img2dataset==1.47.0`). Ours is `build_shards` on a Ray cluster started
 before the timer (production runs on a standing cluster); one warm-up shard starts its workers. One timed run each.
 Memory: `build_shards(use_ray=False)` in a fresh subprocess per size, one shard holding all samples, peak RSS.
 """
@@ -131,6 +132,23 @@ def run_ours(csv: Path, root: Path, n: int, processes: int, threads: int, size: 
         ray.shutdown()
 
 
+def run_img2dataset(binary: str, csv: Path, out: Path, n: int, processes: int, threads: int,
+                    size: int) -> tuple[int, float, float]:
+    """img2dataset from its own venv (it pins older opencv/webdataset/pandas than ours), same URLs and output.
+
+    Returns (images, wall seconds including its start-up, seconds by its own per-shard stats)."""
+    cmd = [binary, "--url_list", str(csv), "--input_format", "csv", "--url_col", "url", "--output_format",
+           "webdataset", "--output_folder", str(out), "--processes_count", str(processes), "--thread_count",
+           str(threads), "--image_size", str(size), "--resize_mode", "center_crop", "--encode_quality", "95",
+           "--number_sample_per_shard", str((n + processes - 1) // processes), "--distributor", "multiprocessing",
+           "--timeout", "10", "--retries", "0", "--enable_wandb", "False"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
+    return sum(s["successes"] for s in stats), wall, max(s["duration"] for s in stats)
+
+
 def peak_rss_child(csv: str, root: str, n: int, size: int, threads: int) -> None:
     """Subprocess body: build one shard of n samples in-process, print peak RSS in MiB."""
     from dataset.build import build_shards
@@ -150,6 +168,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--mem-sizes", default="100,10000", help="comma-separated shard sizes for the memory test; '' skips")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--img2dataset", help="img2dataset executable of a separate venv: also measure the real thing")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -173,6 +192,13 @@ def main() -> None:
                           f"{1000 * c / max(n, 1):.0f} ms CPU per image")
                 print(f"  ratio ours/reference: {(n_ours / t_ours) / (n_ref / t_ref):.2f}x images/s, "
                       f"{(c_ref / n_ref) / (c_ours / n_ours):.2f}x less CPU per image")
+                if args.img2dataset:
+                    n_i2d, t_i2d, t_own = run_img2dataset(args.img2dataset, csv, tmp / "i2d", args.n,
+                                                          args.processes, args.threads, args.size)
+                    print(f"  img2dataset: {n_i2d} images in {t_i2d:.1f} s = {n_i2d / t_i2d:.1f} images/s with "
+                          f"start-up, {n_i2d / t_own:.1f} by its own stats; ours/img2dataset "
+                          f"{(n_ours / t_ours) / (n_i2d / t_i2d):.2f}x ({(n_ours / t_ours) / (n_i2d / t_own):.2f}x "
+                          "vs its own stats)")
             sizes = [int(x) for x in args.mem_sizes.split(",") if x]
             if sizes:
                 csv = url_list(srv.base_url, photos, max(sizes), tmp / "mem.csv")
