@@ -3,8 +3,9 @@
 Letters: B batch, H heads, L query tokens, S key tokens, c head dim, N packed text tokens over the batch.
 
 `attend(q, k, v, mask, scale)` runs PyTorch SDPA by default (CPU and GPU). The explicit "math" backend is the
-reference the SDPA path (and any future fast kernel, e.g. flash-attn) is tested against; a backend is picked once
-per process with `set_backend()` or the NSARM_ATTENTION environment variable.
+reference the others are tested against. "flash" uses the flash-attn package (CUDA, fp16/bf16) where it applies —
+unmasked calls such as KV-cache sampling steps — and SDPA elsewhere (block-causal masks, key-padding masks, CPU).
+A backend is picked once per process with `set_backend()` or the NSARM_ATTENTION environment variable.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("sdpa", "math")
+BACKENDS = ("sdpa", "math", "flash")
 _state = {"backend": os.environ.get("NSARM_ATTENTION", "sdpa")}
 
 
@@ -29,6 +30,21 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     return _state["backend"]
+
+
+def flash_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _flash(q_BHLc, k_BHSc, v_BHSc, scale):
+    from flash_attn import flash_attn_func  # layout (B, L, H, c)
+
+    out = flash_attn_func(q_BHLc.transpose(1, 2), k_BHSc.transpose(1, 2), v_BHSc.transpose(1, 2), softmax_scale=scale)
+    return out.transpose(1, 2)
 
 
 def attend(
@@ -52,7 +68,9 @@ def attend(
     q_BHLc, k_BHSc = q_BHLc.to(v_BHSc.dtype), k_BHSc.to(v_BHSc.dtype)
     if scale is None:
         scale = 1.0 / math.sqrt(q_BHLc.shape[-1])
-    if backend == "sdpa":
+    if backend == "flash" and mask is None and q_BHLc.is_cuda and v_BHSc.dtype in (torch.float16, torch.bfloat16):
+        return _flash(q_BHLc, k_BHSc, v_BHSc, scale)
+    if backend in ("sdpa", "flash"):
         return F.scaled_dot_product_attention(q_BHLc, k_BHSc, v_BHSc, attn_mask=mask, scale=scale)
     if backend == "math":
         att_BHLS = (q_BHLc @ k_BHSc.transpose(-1, -2)).float() * scale

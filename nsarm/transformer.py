@@ -15,6 +15,7 @@ logits and the per-scale KV-cache logits agree to 1.7e-6 over the 7 scales of th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -76,6 +77,13 @@ TRANSFORMER_PRESETS = {
     "infinity-2b": TransformerConfig(),
     "infinity-8b": TransformerConfig(depth=40, embed_dim=3584, num_heads=28, d_vae=56),
 }
+
+
+@functools.lru_cache(maxsize=32)
+def _rope_table(schedule, full_hw, head_dim: int, base: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (L, head_dim/2) of a whole schedule, cached: every scale step of a sampling loop reuses it."""
+    cos, sin = rope_angles(head_dim, rope_positions(schedule, full_hw), base)
+    return cos.to(device), sin.to(device)
 
 
 class PackedText(NamedTuple):
@@ -312,9 +320,7 @@ class InfinityTransformer(nn.Module):
             return self.head(self.head_nm(x_BLC.float(), cond_BC.float()))
 
     def _rope(self, schedule: Schedule, full_hw, device):
-        pos_L2 = rope_positions(schedule, full_hw)
-        cos, sin = rope_angles(self.cfg.head_dim, pos_L2, self.cfg.rope_base)
-        return cos.to(device), sin.to(device)
+        return _rope_table(tuple(schedule), tuple(full_hw) if full_hw else None, self.cfg.head_dim, self.cfg.rope_base, str(device))
 
     # ---------------------------------------------------------------- teacher forcing
     def forward(

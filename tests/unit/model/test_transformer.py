@@ -161,3 +161,15 @@ def test_bad_input_shape_is_named():
     g = torch.Generator().manual_seed(3)
     with pytest.raises(ValueError, match="x_BLd_wo_prefix"):
         model(_text(1, model.cfg.text_channels, g), torch.zeros(1, 3, model.cfg.d_vae), SCHEDULE_06M[:3])
+
+
+@pytest.mark.gpu
+def test_flash_backend_matches_sdpa_on_gpu():
+    from nsarm.attention import flash_available
+
+    if not flash_available():
+        pytest.skip("flash-attn not installed")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 37, 64, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    torch.testing.assert_close(attend(q, k, v, None, 1.0, backend="flash"), attend(q, k, v, None, 1.0, backend="sdpa"),
+                               atol=2e-2, rtol=2e-2)
