@@ -103,6 +103,8 @@ def test_attention_backends_agree():
     q, k, v = (torch.randn(2, 3, 14, 8, generator=g) for _ in range(3))
     mask = block_causal_mask([1, 4, 9])
     torch.testing.assert_close(attend(q, k, v, mask, 1.0, backend="sdpa"), attend(q, k, v, mask, 1.0, backend="math"))
+    # "flash" falls back to SDPA where the kernel does not apply (CPU, masks)
+    torch.testing.assert_close(attend(q, k, v, None, None, backend="flash"), attend(q, k, v, None, None, backend="math"))
 
 
 def _tiny(seed=0):
