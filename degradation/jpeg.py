@@ -79,15 +79,6 @@ def quality_to_factor(quality: torch.Tensor) -> torch.Tensor:
     return torch.clamp_min(factor, 1e-6)
 
 
-def _to_blocks(chan_HW: torch.Tensor) -> torch.Tensor:
-    h, w = chan_HW.shape
-    return chan_HW.view(h // 8, 8, w // 8, 8).permute(0, 2, 1, 3).reshape(-1, 8, 8)  # (h·w/64, 8, 8)
-
-
-def _from_blocks(blocks_N88: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return blocks_N88.view(h // 8, w // 8, 8, 8).permute(0, 2, 1, 3).reshape(h, w)
-
-
 def jpeg_roundtrip(images: list[torch.Tensor], qualities: list[float]) -> list[torch.Tensor]:
     """Compress and decompress each image at its own quality, all blocks in one batched transform.
 
@@ -103,41 +94,43 @@ def jpeg_roundtrip(images: list[torch.Tensor], qualities: list[float]) -> list[t
     c = _consts(device)
     factors = quality_to_factor(torch.tensor(qualities, dtype=torch.float32, device=device))  # (B,) float32
 
-    blocks, tables, layout = [], [], []
+    # ---- colour transform and chroma subsampling per image (DiffJPEG's ops and order), blocks gathered in one buffer
+    planes, segments, layout, n = [], [], [], 0  # segments: (first row, end row, quantisation table × factor)
     for i, img in enumerate(images):
         h, w = img.shape[-2:]
         hp, wp = math.ceil(h / 16) * 16, math.ceil(w / 16) * 16  # DiffJPEG pads to 16 (4:2:0 MCU)
         x = F.pad(img * 255, (0, wp - w, 0, hp - h), mode="constant", value=0)
-        ycc = torch.tensordot(x.permute(0, 2, 3, 1), c.rgb2ycc, dims=1) + c.shift_in  # (1, hp, wp, 3)
+        ycc = torch.tensordot(x.permute(0, 2, 3, 1), c.rgb2ycc, dims=1).add_(c.shift_in)  # (1, hp, wp, 3)
         chroma = F.avg_pool2d(ycc.permute(0, 3, 1, 2)[:, 1:], kernel_size=2, stride=2, count_include_pad=False)
         for plane, table in ((ycc[0, :, :, 0], c.y_table), (chroma[0, 0], c.c_table), (chroma[0, 1], c.c_table)):
-            blk = _to_blocks(plane.contiguous())
-            blocks.append(blk)
-            tables.append((table * factors[i]).expand(blk.shape[0], 8, 8))
+            nb = plane.numel() // 64
+            planes.append(plane)
+            segments.append((n, n + nb, table * factors[i]))
+            n += nb
         layout.append((h, w, hp, wp))
+    rows = max(n, _MIN_ROWS)
+    buf_N88 = torch.zeros(rows, 8, 8, device=device) if rows > n else torch.empty(rows, 8, 8, device=device)
+    for plane, (a, b, _) in zip(planes, segments, strict=True):
+        ph, pw = plane.shape
+        buf_N88[a:b].view(ph // 8, pw // 8, 8, 8).copy_(plane.reshape(ph // 8, 8, pw // 8, 8).permute(0, 2, 1, 3))
 
-    blocks_N88 = torch.cat(blocks)
-    table_N88 = torch.cat(tables)
-    n = blocks_N88.shape[0]
-    pad_rows = max(_MIN_ROWS - n, 0)
-    flat = F.pad((blocks_N88 - 128).reshape(n, 64), (0, 0, 0, pad_rows))
-    coef = c.scale * (flat @ c.fwd_64)[:n].view(n, 8, 8)  # forward DCT
-    coef = torch.round(coef / table_N88) * table_N88  # quantise + dequantise
-    flat = F.pad((coef * c.alpha).reshape(n, 64), (0, 0, 0, pad_rows))
-    pix_N88 = 0.25 * (flat @ c.inv_64)[:n].view(n, 8, 8) + 128  # inverse DCT
+    # ---- one forward DCT, per-image quantisation, one inverse DCT (in place; same arithmetic as DiffJPEG)
+    flat = buf_N88.view(rows, 64).sub_(128)
+    coef_N88 = torch.mm(flat, c.fwd_64).view(rows, 8, 8).mul_(c.scale)
+    for a, b, table in segments:
+        coef_N88[a:b].div_(table).round_().mul_(table)  # quantise + dequantise
+    coef_N88.mul_(c.alpha)
+    pix_N88 = torch.mm(coef_N88.view(rows, 64), c.inv_64).view(rows, 8, 8).mul_(0.25).add_(128)
 
-    out, start = [], 0
-    for h, w, hp, wp in layout:
-        planes = []
-        for ph, pw in ((hp, wp), (hp // 2, wp // 2), (hp // 2, wp // 2)):
-            nb = ph * pw // 64
-            planes.append(_from_blocks(pix_N88[start:start + nb], ph, pw))
-            start += nb
-        y, cb, cr = planes
-        cb = cb.repeat_interleave(2, 0).repeat_interleave(2, 1)  # nearest chroma upsampling
-        cr = cr.repeat_interleave(2, 0).repeat_interleave(2, 1)
-        ycc = torch.stack([y, cb, cr], dim=-1).unsqueeze(0)  # (1, hp, wp, 3)
-        rgb = torch.tensordot(ycc + c.shift_out, c.ycc2rgb, dims=1).permute(0, 3, 1, 2)
-        rgb = torch.clamp(rgb, 0, 255) / 255
-        out.append(rgb[:, :, :h, :w])
+    # ---- per image: merge blocks, nearest chroma upsampling, colour transform back
+    out = []
+    for i, (h, w, hp, wp) in enumerate(layout):
+        ycc = torch.empty(1, hp, wp, 3, device=device)
+        (a, b, _), (ca, cb_, _), (ra, rb, _) = segments[3 * i:3 * i + 3]
+        ycc[0, :, :, 0].view(hp // 8, 8, wp // 8, 8).copy_(pix_N88[a:b].view(hp // 8, wp // 8, 8, 8).permute(0, 2, 1, 3))
+        for ch, (s0, s1) in ((1, (ca, cb_)), (2, (ra, rb))):
+            src = pix_N88[s0:s1].view(hp // 16, wp // 16, 8, 8).permute(0, 2, 1, 3)  # (hp/16, 8, wp/16, 8)
+            ycc[0, :, :, ch].view(hp // 16, 8, 2, wp // 16, 8, 2).copy_(src[:, :, None, :, :, None])
+        rgb = torch.tensordot(ycc.add_(c.shift_out), c.ycc2rgb, dims=1).permute(0, 3, 1, 2)
+        out.append(rgb.clamp_(0, 255).div_(255)[:, :, :h, :w])
     return out
