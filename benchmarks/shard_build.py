@@ -136,17 +136,22 @@ def run_img2dataset(binary: str, csv: Path, out: Path, n: int, processes: int, t
                     size: int) -> tuple[int, float, float]:
     """img2dataset from its own venv (it pins older opencv/webdataset/pandas than ours), same URLs and output.
 
-    Returns (images, wall seconds including its start-up, seconds by its own per-shard stats)."""
+    Returns (images, wall seconds, CPU seconds of its process tree), both including its start-up."""
     cmd = [binary, "--url_list", str(csv), "--input_format", "csv", "--url_col", "url", "--output_format",
            "webdataset", "--output_folder", str(out), "--processes_count", str(processes), "--thread_count",
            str(threads), "--image_size", str(size), "--resize_mode", "center_crop", "--encode_quality", "95",
            "--number_sample_per_shard", str((n + processes - 1) // processes), "--distributor", "multiprocessing",
            "--timeout", "10", "--retries", "0", "--enable_wandb", "False"]
-    t0 = time.perf_counter()
+    ru0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
-    wall = time.perf_counter() - t0
+    wall, ru1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)  # its pool workers are reaped: included
     stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
-    return sum(s["successes"] for s in stats), wall, max(s["duration"] for s in stats)
+    n_ok = sum(s["successes"] for s in stats)
+    # its steady state, without the ~3-8 s of start-up: images over the longest shard duration of its stats
+    print(f"  (img2dataset by its own stats: {n_ok / max(s['duration'] for s in stats):.1f} images/s, start-up "
+          f"excluded)")
+    return n_ok, wall, cpu
 
 
 def peak_rss_child(csv: str, root: str, n: int, size: int, threads: int) -> None:
@@ -168,6 +173,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--mem-sizes", default="100,10000", help="comma-separated shard sizes for the memory test; '' skips")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of the speed comparison")
     ap.add_argument("--img2dataset", help="img2dataset executable of a separate venv: also measure the real thing")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -183,22 +189,24 @@ def main() -> None:
             if not args.skip_speed:
                 csv = url_list(srv.base_url, photos, args.n, tmp / "urls.csv")
                 urls = [f"{srv.base_url}/{photos[i % len(photos)].name}?n={i}" for i in range(args.n)]
-                n_ref, t_ref, c_ref = run_reference(urls, tmp / "ref", args.processes, args.threads, args.size)
-                n_ours, t_ours, c_ours = run_ours(csv, tmp / "ours", args.n, args.processes, args.threads, args.size)
                 print(f"speed: {args.n} URLs, {args.processes} processes x {args.threads} threads, {args.size}² q95")
-                for name, n, t, c in (("reference requests+PIL", n_ref, t_ref, c_ref),
-                                      ("ours build_shards/Ray ", n_ours, t_ours, c_ours)):
-                    print(f"  {name}: {n} images in {t:.1f} s = {n / t:.1f} images/s; "
-                          f"{1000 * c / max(n, 1):.0f} ms CPU per image")
-                print(f"  ratio ours/reference: {(n_ours / t_ours) / (n_ref / t_ref):.2f}x images/s, "
-                      f"{(c_ref / n_ref) / (c_ours / n_ours):.2f}x less CPU per image")
-                if args.img2dataset:
-                    n_i2d, t_i2d, t_own = run_img2dataset(args.img2dataset, csv, tmp / "i2d", args.n,
-                                                          args.processes, args.threads, args.size)
-                    print(f"  img2dataset: {n_i2d} images in {t_i2d:.1f} s = {n_i2d / t_i2d:.1f} images/s with "
-                          f"start-up, {n_i2d / t_own:.1f} by its own stats; ours/img2dataset "
-                          f"{(n_ours / t_ours) / (n_i2d / t_i2d):.2f}x ({(n_ours / t_ours) / (n_i2d / t_own):.2f}x "
-                          "vs its own stats)")
+                for r in range(args.rounds):  # sides alternate, so a change in machine load hits each side
+                    res = {"reference requests+PIL": run_reference(urls, tmp / f"ref{r}", args.processes,
+                                                                   args.threads, args.size),
+                           "ours build_shards/Ray": run_ours(csv, tmp / f"ours{r}", args.n, args.processes,
+                                                             args.threads, args.size)}
+                    if args.img2dataset:
+                        res["img2dataset 1.47.0"] = run_img2dataset(args.img2dataset, csv, tmp / f"i2d{r}", args.n,
+                                                                    args.processes, args.threads, args.size)
+                    for name, (n, t, c) in res.items():
+                        print(f"  round {r}: {name:24s} {n} images in {t:6.1f} s = {n / t:5.1f} images/s; "
+                              f"{1000 * c / max(n, 1):3.0f} ms CPU per image")
+                    n_o, t_o, c_o = res["ours build_shards/Ray"]
+                    for name, (n, t, c) in res.items():
+                        if name.startswith("ours"):
+                            continue
+                        print(f"  round {r}: ours vs {name}: {(n_o / t_o) / (n / t):.2f}x images/s, "
+                              f"{(c / n) / (c_o / n_o):.2f}x less CPU per image")
             sizes = [int(x) for x in args.mem_sizes.split(",") if x]
             if sizes:
                 csv = url_list(srv.base_url, photos, max(sizes), tmp / "mem.csv")
