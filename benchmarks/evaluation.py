@@ -75,7 +75,7 @@ def photo_pairs(n: int, size: int) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def reference_scorers(weights_dir: Path, device: str) -> dict:
+def reference_scorers(weights_dir: Path, device: str, metrics) -> dict:
     """Each library metric built and called the way its own README shows."""
     import cv2
     import lpips
@@ -97,12 +97,13 @@ def reference_scorers(weights_dir: Path, device: str) -> dict:
         lp = lpips.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
     finally:
         torch.hub.set_dir(old)
+    dev = torch.device(device)
+    build = {"clipiqa": lambda: pyiqa.create_metric("clipiqa", device=dev, backbone=str(weights_dir / "RN50.pt")),
+             "musiq": lambda: pyiqa.create_metric("musiq", device=dev),
+             "maniqa": lambda: pyiqa.create_metric("maniqa-pipal", device=dev),
+             "topiq": lambda: pyiqa.create_metric("topiq_nr", device=dev)}
     with offline_pyiqa(weights_dir):  # pyiqa's own cache lookup; the guard only forbids downloads
-        nr = {"clipiqa": pyiqa.create_metric("clipiqa", device=torch.device(device),
-                                             backbone=str(weights_dir / "RN50.pt")),
-              "musiq": pyiqa.create_metric("musiq", device=torch.device(device)),
-              "maniqa": pyiqa.create_metric("maniqa-pipal", device=torch.device(device)),
-              "topiq": pyiqa.create_metric("topiq_nr", device=torch.device(device))}
+        nr = {m: make() for m, make in build.items() if m in metrics}
 
     def tensor(path):
         return pyiqa.utils.img_util.imread2tensor(str(path), rgb=True)[None].to(device)
@@ -128,32 +129,37 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--weights-dir", default=None)
+    ap.add_argument("--random-weights-dir", default=None, help="write (once) and reuse random weights here")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--metrics", default=None, help="comma list (default: all 8; MANIQA alone is ~80%% of CPU time)")
     args = ap.parse_args()
 
     import torch
 
-    from nsarm.eval.metrics import MetricConfig, MetricSuite
+    from nsarm.eval.metrics import PAPER_METRICS, MetricConfig, MetricSuite
     from nsarm.eval.testsets import read_rgb
 
-    weights_dir = Path(args.weights_dir) if args.weights_dir else Path(tempfile.mkdtemp(prefix="iqa-random-"))
-    if not args.weights_dir:
+    weights_dir = Path(args.weights_dir or args.random_weights_dir or tempfile.mkdtemp(prefix="iqa-random-"))
+    if not args.weights_dir and not (weights_dir / "RN50.pt").is_file():
         write_random_weights(weights_dir)
     pairs = photo_pairs(args.n, args.size)
 
     t0 = time.perf_counter()
-    suite = MetricSuite(MetricConfig(weights_dir=str(weights_dir), device=args.device))
+    metrics = tuple(args.metrics.split(",")) if args.metrics else PAPER_METRICS
+    suite = MetricSuite(MetricConfig(metrics=metrics, weights_dir=str(weights_dir), device=args.device))
     t_build_suite = time.perf_counter() - t0
     assert not suite.unavailable, {k: v.message() for k, v in suite.unavailable.items()}
     t0 = time.perf_counter()
-    ref = reference_scorers(weights_dir, args.device)
+    ref = {m: f for m, f in reference_scorers(weights_dir, args.device, metrics).items() if m in metrics}
     t_build_ref = time.perf_counter() - t0
+    print(f"built: suite {t_build_suite:.1f} s, reference {t_build_ref:.1f} s", flush=True)
 
     per_metric_ref = dict.fromkeys(ref, 0.0)
     ours, theirs = [], []
     t0 = time.perf_counter()
     for sr, hr in pairs:
         ours.append(suite.score(read_rgb(sr), read_rgb(hr)))
+        print(f"suite scored {sr.name}", flush=True)
     t_suite = (time.perf_counter() - t0) / len(pairs)
     with torch.inference_mode():
         for sr, hr in pairs:
@@ -163,12 +169,12 @@ def main() -> None:
                 row[m] = float(f(sr, hr))
                 per_metric_ref[m] += (time.perf_counter() - t) / len(pairs)
             theirs.append(row)
+            print(f"reference scored {sr.name}", flush=True)
     t_ref = sum(per_metric_ref.values())
 
     diffs = {m: max(abs(o[m] - r[m]) for o, r in zip(ours, theirs, strict=True)) for m in ref}
     print(f"{len(pairs)} real photos at {args.size}x{args.size}, device {args.device}, torch threads "
           f"{torch.get_num_threads()}, weights {'given' if args.weights_dir else 'random (timing only)'}")
-    print(f"build: suite {t_build_suite:.1f} s, reference {t_build_ref:.1f} s")
     print("reference per metric (s/image): " + ", ".join(f"{m} {t:.3f}" for m, t in per_metric_ref.items()))
     print(f"suite {t_suite:.3f} s/image | separate library calls {t_ref:.3f} s/image | ratio {t_ref / t_suite:.2f}x")
     print("max |suite - reference| per metric: " + ", ".join(f"{m} {d:.2e}" for m, d in diffs.items()))

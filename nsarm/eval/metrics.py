@@ -120,7 +120,8 @@ def as_rgb_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
 def _to_tensor(img_HW3: np.ndarray, device: str):
     import torch
 
-    return torch.from_numpy(img_HW3).permute(2, 0, 1)[None].float().div_(255.0).to(device)  # (1, 3, H, W) in [0, 1]
+    # uint8 crosses to the device first (4x less traffic than float32), then becomes (1, 3, H, W) in [0, 1]
+    return torch.from_numpy(img_HW3).to(device).permute(2, 0, 1)[None].float().div_(255.0)
 
 
 # ------------------------------------------------------------------------------------------------ scorers
