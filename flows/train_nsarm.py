@@ -25,7 +25,9 @@ from flows.stages import stage
 @task
 def warm_tokenizer(root: str, storage: str, steps: int, holdout: int) -> str:
     warm_up_tokenizer = stage("tokenizer warm-up", "nsarm.train.holdout", "warm_up_tokenizer")
-    return warm_up_tokenizer(root, f"{storage}/tokenizer/tiny.safetensors", steps=steps, holdout=holdout)
+    # bounded: the demo must not spend more than a few minutes here on a loaded 2-core machine
+    return warm_up_tokenizer(root, f"{storage}/tokenizer/tiny.safetensors", steps=steps, holdout=holdout,
+                             max_seconds=300)
 
 
 @task

@@ -51,3 +51,18 @@ def promote_champion(trained: dict, scores: dict, metric: str = "psnr") -> dict:
     exp = tracking.get_run_data(run_id, uri)["experiment_id"]
     out["run_urls"] = {"2": f"{base}/#/experiments/{exp}/runs/{run_id}"}
     return out
+
+
+def resolve_checkpoint(alias: str = CHAMPION, tracking_uri: str | None = None, verify: bool = True) -> str:
+    """The checkpoint directory (our format, what `nsarm upscale` loads) of `nsarm@alias`; with `verify`, its
+    weights are re-hashed against the version's sha256 tag first (ValueError when they differ)."""
+    from nsarm.train.export import sha256_file
+
+    mv = tracking.get_model_version(REGISTERED_MODEL, alias=alias, tracking_uri=tracking_uri)
+    uri = mv["tags"]["checkpoint_uri"]
+    if verify:
+        actual = sha256_file(f"{uri.rstrip('/')}/model.safetensors")
+        if actual != mv["tags"]["sha256"]:
+            raise ValueError(f"{REGISTERED_MODEL}@{alias} (v{mv['version']}): {uri}/model.safetensors has sha256 "
+                             f"{actual}, the registry recorded {mv['tags']['sha256']}")
+    return uri

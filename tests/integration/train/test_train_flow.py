@@ -1,0 +1,50 @@
+"""The `train-nsarm` flow through its real deployment on the embedded stack (Prefect + MLflow + Ray + the
+deployments server): tokenizer warm-up → stage 1 → stage 2 → held-out evaluation → registry, ending with a
+`champion` version of `nsarm` whose checkpoint loads, and a markdown artifact linking the run and version."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_train_flow_registers_champion(embedded_stack, train_root, tmp_path, monkeypatch):
+    for k, v in embedded_stack.client_env().items():
+        monkeypatch.setenv(k, v)
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from nsarm import tracking
+    from nsarm.checkpoints import load_checkpoint
+    from nsarm.train.export import verify_export
+
+    small = {"steps": 6, "checkpoint_every": 3, "image_every": 6}
+    params = {"root": train_root["root"], "preset": "tiny", "num_workers": 2, "use_gpu": False,
+              "stage1": small, "stage2": small, "holdout": 2, "tokenizer_steps": 10,
+              "storage_path": str(tmp_path / "runs")}
+    run = run_deployment("train-nsarm/default", parameters=params, timeout=1800, poll_interval=5)
+    assert run.state.is_completed(), run.state.message
+
+    uri = embedded_stack.mlflow_url
+    champ = tracking.get_model_version("nsarm", alias="champion", tracking_uri=uri)
+    assert champ["tags"]["checkpoint_uri"].startswith(str(tmp_path / "runs"))
+    assert champ["tags"]["stage"] == "2" and "stage2" in champ["aliases"]
+    assert float(champ["tags"]["eval.psnr"]) > 5 and float(champ["tags"]["eval.bicubic_psnr"]) > 5
+    assert verify_export(champ["tags"]["checkpoint_uri"])["sha256"] == champ["tags"]["sha256"]
+    from nsarm.train.registry import resolve_checkpoint
+
+    assert resolve_checkpoint("champion", uri) == champ["tags"]["checkpoint_uri"]
+    model = load_checkpoint(champ["tags"]["checkpoint_uri"])
+    assert model.cfg.name == "tiny" and model.tokenizer is not None and model.map_transformer is not None
+    stage1 = tracking.get_model_version("nsarm", alias="stage1", tracking_uri=uri)
+    assert stage1["version"] != champ["version"]
+
+    async def artifact():
+        async with get_client() as client:
+            return await client.read_latest_artifacts()
+
+    md = [a for a in asyncio.run(artifact()) if a.key == "train-nsarm"]
+    assert md and f"v{champ['version']}" in md[0].data and "PSNR-Y" in md[0].data
