@@ -108,3 +108,16 @@ def test_in_process_position_follows_iteration(tiny_root):
     resumed = DatasetReader(tiny_root, seed=2, decode=False)
     resumed.load_state_dict(state)
     assert head + keys_of(resumed) == order
+
+
+def test_lr_tar_out_of_hr_order_is_an_error(tiny_root, tmp_path):
+    import shutil
+
+    from dataset import contract
+
+    root = str(tmp_path / "copy")
+    shutil.copytree(tiny_root, root)
+    samples = [(k, f) for k, f, _ in contract.iter_tar_samples(contract.lr_tar(root, DEG, 0))]
+    contract.put_atomic(contract.lr_tar(root, DEG, 0), contract.tar_bytes(samples[::-1]))
+    with pytest.raises(ValueError, match="LR tars must follow HR order"):
+        list(DatasetReader(root, deg_hash=DEG, shuffle=False, decode=False))
