@@ -27,7 +27,7 @@ def warm_tokenizer(root: str, storage: str, steps: int, holdout: int) -> str:
     warm_up_tokenizer = stage("tokenizer warm-up", "nsarm.train.holdout", "warm_up_tokenizer")
     # bounded: the demo must not spend more than a few minutes here on a loaded 2-core machine
     return warm_up_tokenizer(root, f"{storage}/tokenizer/tiny.safetensors", steps=steps, holdout=holdout,
-                             max_seconds=300)
+                             max_seconds=240)
 
 
 @task
