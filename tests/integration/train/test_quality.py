@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REASON = "tiny tokenizer reconstruction ceiling (12-19 dB) is below bicubic (31.5 dB) on the held-out photos"
 
 
-@pytest.mark.xfail(strict=False, reason=REASON)
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=REASON)
 def test_tiny_model_beats_bicubic_on_held_out_photos(train_root, tmp_path):
     from nsarm.train.config import train_config
     from nsarm.train.holdout import evaluate_export, warm_up_tokenizer
