@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     m.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--per-metric-plots", action="store_true", help="also plot each NR metric's sorted curve")
     p.add_argument("--mlflow-uri", default=None, help="log to this tracking server (also $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="nsarm-eval")
     p.add_argument("--run-name", default=None)
@@ -91,7 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sr_dirs = _sr_dirs(args.sr_dir)
         name = args.name or args.testset or Path(next(iter(sr_dirs.values()))).name
         report = evaluate_folders(cfg, name, sr_dirs, out_dir=args.out, hr_dir=args.hr_dir,
-                                  eval_size=args.eval_size, mu_g=args.mu_g, mlflow=target)
+                                  eval_size=args.eval_size, mu_g=args.mu_g, mlflow=target,
+                                  per_metric_plots=args.per_metric_plots)
     else:
         if args.testset:
             if not args.testset_root:
@@ -104,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         upscale_fn = load_upscale_fn(args.checkpoint, args.device)
         report = evaluate_upscaler(cfg, testset, upscale_fn, name=Path(args.checkpoint).stem, out_dir=args.out,
                                    batch_size=args.batch_size, eval_size=args.eval_size, mu_g=args.mu_g,
-                                   mlflow=target)
+                                   mlflow=target, per_metric_plots=args.per_metric_plots)
     print(report.files["summary_md"].read_text(encoding="utf-8"))
     print(f"report: {report.out_dir}" + (f"  (logged to {uri})" if target else ""))
     return 0

@@ -4,7 +4,7 @@ One report covers one test set and one or more methods/checkpoints scored on it,
 one mu_G (see robustness.py). Files written under `out_dir`:
     summary.csv / summary.md   one row per method: metric means, avg/var columns, combined mean, D/P/C counts
     per_image.parquet          every per-image row of every method (column `method`)
-    sorted_combined.png        Fig. 4 curve of the combined NR score; sorted_{metric}.png per NR metric (Fig. B.5)
+    sorted_combined.png        Fig. 4 curve of the combined NR score; optional sorted_{metric}.png (Figs. B.5/B.6)
     unavailable.json           metrics that could not be computed, with the reason and expected weight paths
 """
 
@@ -76,8 +76,13 @@ def to_markdown(table: pd.DataFrame, title: str = "", notes: Sequence[str] = ())
 
 
 def write_report(out_dir: str | Path, testset: str, per_method: Mapping[str, pd.DataFrame], metrics: Sequence[str],
-                 unavailable: Mapping[str, Unavailable] | None = None, mu_g: float | None = None) -> Report:
-    """Write summary.csv/.md, per_image.parquet, the sorted-score PNGs and unavailable.json under `out_dir`."""
+                 unavailable: Mapping[str, Unavailable] | None = None, mu_g: float | None = None,
+                 per_metric_plots: bool = False) -> Report:
+    """Write summary.csv/.md, per_image.parquet, the sorted-score PNG(s) and unavailable.json under `out_dir`.
+
+    Args:
+        per_metric_plots: also draw one sorted curve per NR metric (the paper's Figs. B.5/B.6), ~2 s each on CPU.
+    """
     if not per_method:
         raise ValueError("nothing to report: per_method is empty")
     out_dir = Path(out_dir)
@@ -96,7 +101,8 @@ def write_report(out_dir: str | Path, testset: str, per_method: Mapping[str, pd.
     pd.concat([df.assign(method=name) for name, df in per_method.items()], ignore_index=True).to_parquet(
         files["per_image"], index=False)
     files["unavailable"].write_text(json.dumps({k: asdict(v) for k, v in unavailable.items()}, indent=1))
-    for col in ["combined", *[m for m in metrics if SPECS[m].mode == "NR" and SPECS[m].higher_better]]:
+    nr_metrics = [m for m in metrics if SPECS[m].mode == "NR" and SPECS[m].higher_better] if per_metric_plots else []
+    for col in ["combined", *nr_metrics]:
         curves = {n: df[col].to_numpy(float) for n, df in per_method.items() if col in df.columns}
         curves = {n: x[np.isfinite(x)] for n, x in curves.items()}
         if curves and all(x.size for x in curves.values()):

@@ -47,14 +47,15 @@ def log_report(report: Report, testset: str, cfg: MetricConfig, target: MlflowTa
 
 def evaluate_folders(cfg: MetricConfig, testset: str, sr_dirs: Mapping[str, str | Path], *, out_dir: str | Path,
                      hr_dir: str | Path | None = None, eval_size: int | None = None, mu_g: float | None = None,
-                     mlflow: MlflowTarget | None = None, suite: MetricSuite | None = None) -> Report:
+                     mlflow: MlflowTarget | None = None, suite: MetricSuite | None = None,
+                     per_metric_plots: bool = False) -> Report:
     """Comparison mode: score each method's output folder on one test set, report them side by side."""
     if not sr_dirs:
         raise ValueError("give at least one SR folder to score")
     suite = suite or MetricSuite(cfg)
     per_method: dict[str, pd.DataFrame] = {
         name: score_folder(suite, d, hr_dir, eval_size=eval_size) for name, d in sr_dirs.items()}
-    report = write_report(out_dir, testset, per_method, suite.available, suite.unavailable, mu_g)
+    report = write_report(out_dir, testset, per_method, suite.available, suite.unavailable, mu_g, per_metric_plots)
     if mlflow is not None:
         log_report(report, testset, cfg, mlflow, sr_dirs={k: str(v) for k, v in sr_dirs.items()},
                    hr_dir=str(hr_dir), mu_g=str(mu_g))
@@ -64,7 +65,8 @@ def evaluate_folders(cfg: MetricConfig, testset: str, sr_dirs: Mapping[str, str 
 def evaluate_upscaler(cfg: MetricConfig, testset: TestSet, upscale_fn: UpscaleFn, *, name: str,
                       out_dir: str | Path, batch_size: int = 1, eval_size: int | None = None,
                       mu_g: float | None = None, baselines: Mapping[str, pd.DataFrame] | None = None,
-                      mlflow: MlflowTarget | None = None, suite: MetricSuite | None = None) -> Report:
+                      mlflow: MlflowTarget | None = None, suite: MetricSuite | None = None,
+                      per_metric_plots: bool = False) -> Report:
     """Model path: upscale `testset` with `upscale_fn`, save SR PNGs under `out_dir/sr`, score and report.
 
     Args:
@@ -76,7 +78,8 @@ def evaluate_upscaler(cfg: MetricConfig, testset: TestSet, upscale_fn: UpscaleFn
     df = score_testset(suite, testset, upscale_fn, sr_out_dir=out_dir / "sr", batch_size=batch_size,
                        eval_size=eval_size)
     per_method = {name: df, **dict(baselines or {})}
-    report = write_report(out_dir, testset.name, per_method, suite.available, suite.unavailable, mu_g)
+    report = write_report(out_dir, testset.name, per_method, suite.available, suite.unavailable, mu_g,
+                          per_metric_plots)
     if mlflow is not None:
         if baselines:  # log only this checkpoint's row as metrics; the full table still goes in as an artifact
             report = Report(report.out_dir, report.summary[report.summary["method"] == name], report.files,

@@ -35,7 +35,7 @@ def test_report_logged_to_mlflow_and_read_back(tmp_path, mlflow_server):
 
     metrics = ("clipiqa", "musiq", "maniqa", "topiq")
     per_method = {"steady": constructed_method(0, 40, 0), "shaky": constructed_method(1, 40, 6)}
-    report = write_report(tmp_path / "report", "realsr", per_method, metrics)
+    report = write_report(tmp_path / "report", "realsr", per_method, metrics, per_metric_plots=True)
     summary = report.summary.set_index("method")
     assert summary.loc["shaky", "collapse"] >= 6 and summary.loc["steady", "collapse"] == 0
     assert summary.loc["shaky", "musiq_var"] > summary.loc["steady", "musiq_var"]
