@@ -76,3 +76,23 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def consolidated_model(model, sharded: nn.Module, stage: int, rank: int):
+    """Collective: an unsharded CPU NSARMModel on rank 0 (None elsewhere) with the trained weights, for export."""
+    from nsarm.model import NSARMModel
+
+    full = full_state_dict(sharded)  # keys of StageModule: map_transformer.*, transformer.* (stage 2)
+    if rank != 0:
+        return None
+    with torch.device("meta"):
+        out = NSARMModel(model.cfg, with_tokenizer=False)
+    out.tokenizer = model.tokenizer.cpu()
+    parts = {"map_transformer": out.map_transformer, "transformer": out.transformer}
+    for name, module in parts.items():
+        sub = {k[len(name) + 1:]: v for k, v in full.items() if k.startswith(name + ".")}
+        if sub:
+            module.load_state_dict(sub, assign=True)
+        else:  # stage 1 trains the map net only: the transformer is the (unsharded) initial one
+            setattr(out, name, getattr(model, name).cpu())
+    return out.eval()

@@ -305,18 +305,24 @@ def train_stage(cfg: TrainConfig, root: str, ctx: Context, tracker: Tracker | No
                 save(cfg, ctx, metrics, step, stage_module, trained, optimizer, scheduler, stream, generator)
             _maybe_fail(options.hooks, rank, step)
             summary.update(step=step, **{k: v for k, v in metrics.items() if k.startswith("train/")})
-        if rank == 0 and options.export_dir:
-            from nsarm.train.export import export_model
+        if options.export_dir:
+            export_target = model
+            if cfg.strategy == "fsdp":  # collective: gather the shards, rank 0 builds a CPU copy to export
+                from nsarm.train.fsdp import consolidated_model
 
-            info = export_model(model, options.export_dir, text_encoder=text_encoder,
-                                extra={"train_config": cfg.to_dict(), "step": step})
-            summary["export"] = info
+                export_target = consolidated_model(model, trained, cfg.stage, rank)
+            if rank == 0:
+                from nsarm.train.export import export_model
+
+                summary["export"] = export_model(export_target, options.export_dir, text_encoder=text_encoder,
+                                                 extra={"train_config": cfg.to_dict(), "step": step})
     return summary
 
 
 def clip(module: nn.Module, params: list[nn.Parameter], max_norm: float) -> float:
     if max_norm <= 0:
-        return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])))
+        norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+        return float(torch.norm(torch.stack(norms))) if norms else 0.0
     if hasattr(module, "clip_grad_norm_"):  # FSDP1 exposes its own (sharded-aware) clip
         return float(module.clip_grad_norm_(max_norm))
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))

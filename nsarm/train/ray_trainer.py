@@ -77,7 +77,12 @@ def _worker(config: dict) -> None:
         from nsarm import tracking
 
         tracking.enable_system_metrics()
-    train_stage(cfg, config["root"], ctx, tracker, LoopOptions(**config["options"]))
+    options = dict(config["options"])
+    if config.get("use_gpu"):
+        import ray.train.torch
+
+        options["device"] = str(ray.train.torch.get_device())  # Ray's mapping of this worker to its GPU
+    train_stage(cfg, config["root"], ctx, tracker, LoopOptions(**options))
 
 
 # ------------------------------------------------------------------------------------------------ driver side
@@ -214,7 +219,7 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
     cache = _local_cache_dir(storage, name)
     export_uri = f"{run_dir}/export"
     config = {"train": cfg.to_dict(), "root": root, "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-              "system_metrics": system_metrics,
+              "system_metrics": system_metrics, "use_gpu": scaling.use_gpu,
               "options": {"export_dir": export_uri, "latent_cache": f"{cache}/latents",
                           "caption_cache": f"{cache}/captions", "hooks": _hooks_from_env(name)}}
     if not ray.is_initialized():
