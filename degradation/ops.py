@@ -34,14 +34,20 @@ def support_radius(kernel_KK: torch.Tensor) -> int:
     return r
 
 
+def _nhwc(x_1CHW: torch.Tensor) -> torch.Tensor:
+    # oneDNN's depthwise convolution is ~1.4x faster on channels-last input on CPU, with bit-identical results
+    # (same per-tap accumulation order; covered by the BasicSR equivalence tests).
+    return x_1CHW.contiguous(memory_format=torch.channels_last) if x_1CHW.device.type == "cpu" else x_1CHW
+
+
 def _filter2d_same_k(img_B3HW: torch.Tensor, kernel_BKK: torch.Tensor) -> torch.Tensor:
     b, c, h, w = img_B3HW.shape
     k = kernel_BKK.shape[-1]
     padded = F.pad(img_B3HW, (k // 2,) * 4, mode="reflect")
     # (1, B·3, H+K-1, W+K-1) with B·3 groups: every channel of every image is its own 1-channel conv.
     weight = kernel_BKK.to(img_B3HW).repeat_interleave(c, dim=0).unsqueeze(1)  # (B·3, 1, K, K)
-    out = F.conv2d(padded.reshape(1, b * c, *padded.shape[-2:]), weight, groups=b * c)
-    return out.view(b, c, h, w)
+    out = F.conv2d(_nhwc(padded.reshape(1, b * c, *padded.shape[-2:])), weight, groups=b * c)
+    return out.reshape(b, c, h, w)
 
 
 def filter2d(img_B3HW: torch.Tensor, kernel_BKK: torch.Tensor) -> torch.Tensor:
@@ -78,12 +84,12 @@ def _separable_blur(img_B3HW: torch.Tensor, g_K: torch.Tensor) -> torch.Tensor:
     """Blur with the separable kernel outer(g, g): two 1-D grouped passes (K× fewer multiply-adds than 2-D)."""
     b, c, h, w = img_B3HW.shape
     k = g_K.numel()
-    x = F.pad(img_B3HW, (k // 2,) * 4, mode="reflect").reshape(1, b * c, h + k - 1, w + k - 1)
+    x = _nhwc(F.pad(img_B3HW, (k // 2,) * 4, mode="reflect").reshape(1, b * c, h + k - 1, w + k - 1))
     row = g_K.view(1, 1, 1, k).expand(b * c, 1, 1, k)
     col = g_K.view(1, 1, k, 1).expand(b * c, 1, k, 1)
     x = F.conv2d(x, row, groups=b * c)  # (1, B·3, H+K-1, W)
     x = F.conv2d(x, col, groups=b * c)  # (1, B·3, H, W)
-    return x.view(b, c, h, w)
+    return x.reshape(b, c, h, w)
 
 
 def usm_sharpen(img_B3HW: torch.Tensor, radius: int = 50, weight: float = 0.5, threshold: float = 10.0) -> torch.Tensor:
