@@ -39,7 +39,15 @@ def _time(fn, n: int) -> float:
 
 
 def _reference(repo: Path, preset: str):
-    sys.path.insert(0, str(repo))
+    import types
+
+    # Register `infinity` and `infinity.models` as bare packages: the checkout's infinity/models/__init__.py imports
+    # the transformer, which needs flash_attn; the VAE modules need none of it.
+    for name, sub in (("infinity", "infinity"), ("infinity.models", "infinity/models")):
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [str(repo / sub)]
+            sys.modules[name] = pkg
     from infinity.models.bsq_vae.vae import vae_model  # the official builder, from the user's checkout
 
     cfg = TOKENIZER_PRESETS[preset]
