@@ -158,11 +158,22 @@ def build_models(cfg: TrainConfig, device: torch.device):
         if model.tokenizer is None:
             raise ValueError(f"init_from {cfg.init_from} holds no tokenizer weights; training needs the tokenizer")
     elif cfg.init_from:
-        from nsarm.checkpoints import load_nsarm
+        from nsarm.checkpoints import load_infinity, load_nsarm, read_state_dict
 
         if not cfg.tokenizer_path:
             raise ValueError(f"init_from {cfg.init_from} (official weights) needs tokenizer_path for the VAE")
-        model = load_nsarm(cfg.init_from, mcfg, tokenizer_path=cfg.tokenizer_path)
+        # memory-mapped: listing the keys does not read an 8B checkpoint
+        if any(k.startswith("map_transformer.") for k in read_state_dict(cfg.init_from)):  # NSARM.pth
+            model = load_nsarm(cfg.init_from, mcfg, tokenizer_path=cfg.tokenizer_path)
+        else:  # the paper's starting point: Infinity weights + a fresh transformation network (stage 1)
+            from nsarm.tokenizer import load_tokenizer
+            from nsarm.transform_net import TransformNet
+
+            with torch.device("meta"):  # no random 8B transformer that the official weights would replace
+                model = NSARMModel(mcfg, with_tokenizer=False)
+            model.transformer = load_infinity(cfg.init_from, mcfg)
+            model.map_transformer = TransformNet(mcfg.transform_net)
+            model.tokenizer = load_tokenizer(cfg.tokenizer_path, mcfg.tokenizer)
     else:
         model = build_model(mcfg)
         if cfg.tokenizer_path:
