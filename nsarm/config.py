@@ -114,7 +114,7 @@ class TokenizerConfig:
 #   HR 256² → f8 latent 32×32 (VAE grids 2,4,8,12,16,24,32), LR 64² → LR latent 8×8;
 #   2×2 patchify, codebook_dim 8 → 32-bit transformer tokens on grids 1,2,4,6,8,12,16 (the 1:1 '0.06M' schedule);
 #   K_t = 4 scales come from the transformation network; widths 32/32/64/64 (GroupNorm 32 as released), 1.4M params,
-#   ~23 GFLOP per 256² encode+decode so it runs well under a second on a CPU core pair.
+#   ~23 GFLOP per 256² encode+decode (benchmarks/RESULTS.md: 0.35-0.75 img/s on the loaded shared 2-core box).
 _TINY_NOTES = "HR 256², LR 64², f8, patchify 2×2, d=8 → 32-bit tokens, pn 0.06M, K_t=4"
 
 TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
