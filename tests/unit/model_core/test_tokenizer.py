@@ -125,7 +125,7 @@ def test_untrusted_pickle_does_not_execute(tmp_path):
     ex = _Exploit()
     ex.marker = str(marker)
     path = tmp_path / "evil.pth"
-    path.write_bytes(pickle.dumps({"vae": ex}))
+    path.write_bytes(pickle.dumps({"vae": ex}, protocol=2))
     with pytest.raises(pickle.UnpicklingError):
         load_tokenizer(path, "tiny")
     assert not marker.exists()
