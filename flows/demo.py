@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from nsarm import stack
 
@@ -67,11 +69,34 @@ def main(argv: list[str] | None = None) -> int:
              args.timeout)
     finally:
         server.stop()
+    sr_path = upscale_one_photo(cfg, work)
 
     print("\nDone. Where to look:")
     stack.print_urls(cfg)
-    print(f"Dataset root    {data_root}  (hr/, lr/, captions/, manifest.json)")
+    print(f"Dataset root    {data_root}  (hr/, lr/, captions/, manifest.json; checkpoints under runs/)")
+    print(f"Model registry  {cfg.mlflow_url}/#/models/nsarm  (aliases stage1, stage2, champion)")
+    print(f"Upscaled photo  {sr_path}")
     return 0
+
+
+def upscale_one_photo(cfg: stack.StackConfig, work: Path) -> Path:
+    """`nsarm upscale` with the registry's champion on a bundled photo shrunk ×4 (tiled: it is not the model's
+    native LR size), so the output has the photo's original size."""
+    from PIL import Image
+
+    from nsarm.train.registry import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint("champion", tracking_uri=cfg.mlflow_url)
+    photo = Image.open(work / "source" / "photos" / "chelsea.png").convert("RGB")
+    lr = photo.resize((photo.width // 4, photo.height // 4), Image.BICUBIC)
+    lr_path, sr_path = work / "chelsea_lr.png", work / "chelsea_x4.png"
+    lr.save(lr_path)
+    cmd = [str(Path(sys.executable).parent / "nsarm"), "upscale", str(lr_path), str(sr_path),
+           "--checkpoint", checkpoint, "--seed", "0", "--device", "cpu"]
+    print(f"\n==> nsarm upscale {lr_path} {sr_path} --checkpoint {checkpoint}  (nsarm@champion)")
+    subprocess.run(cmd, check=True)
+    print(f"    {lr.width}x{lr.height} -> {Image.open(sr_path).size[0]}x{Image.open(sr_path).size[1]}")
+    return sr_path
 
 
 if __name__ == "__main__":
