@@ -50,6 +50,26 @@ def _filter2d_same_k(img_B3HW: torch.Tensor, kernel_BKK: torch.Tensor) -> torch.
     return out.reshape(b, c, h, w)
 
 
+def filter2d_each(img_B3HW: torch.Tensor, kernel_BKK: torch.Tensor) -> list[torch.Tensor]:
+    """`filter2d`, returned as a list of (1, 3, H, W) results (no re-assembly copy when the caller splits anyway)."""
+    b = img_B3HW.shape[0]
+    k = kernel_BKK.shape[-1]
+    if k % 2 != 1:
+        raise ValueError(f"filter2d: kernel size must be odd, got {k}")
+    if kernel_BKK.shape[0] == 1 and b > 1:
+        kernel_BKK = kernel_BKK.expand(b, k, k)
+    radii = [support_radius(kernel_BKK[i]) for i in range(b)]
+    out: list[torch.Tensor | None] = [None] * b
+    c = k // 2
+    for r in sorted(set(radii)):
+        idx = [i for i, ri in enumerate(radii) if ri == r]
+        sub = img_B3HW if len(idx) == b else img_B3HW[idx]
+        y = _filter2d_same_k(sub, kernel_BKK[idx][:, c - r:c + r + 1, c - r:c + r + 1])
+        for j, i in enumerate(idx):
+            out[i] = y[j:j + 1]
+    return out  # type: ignore[return-value]
+
+
 def filter2d(img_B3HW: torch.Tensor, kernel_BKK: torch.Tensor) -> torch.Tensor:
     """Correlate each image with its own kernel (reflect padding, output the same size), as BasicSR's filter2D.
 
@@ -61,23 +81,7 @@ def filter2d(img_B3HW: torch.Tensor, kernel_BKK: torch.Tensor) -> torch.Tensor:
         img_B3HW: images, needs H, W > K // 2 (reflect padding).
         kernel_BKK: one float32 kernel per image (or (1, K, K), shared), K odd.
     """
-    b = img_B3HW.shape[0]
-    k = kernel_BKK.shape[-1]
-    if k % 2 != 1:
-        raise ValueError(f"filter2d: kernel size must be odd, got {k}")
-    if kernel_BKK.shape[0] == 1 and b > 1:
-        kernel_BKK = kernel_BKK.expand(b, k, k)
-    radii = [support_radius(kernel_BKK[i]) for i in range(b)]
-    if len(set(radii)) == 1:
-        c = k // 2
-        r = radii[0]
-        return _filter2d_same_k(img_B3HW, kernel_BKK[:, c - r:c + r + 1, c - r:c + r + 1])
-    out = torch.empty_like(img_B3HW)
-    for r in sorted(set(radii)):
-        idx = [i for i, ri in enumerate(radii) if ri == r]
-        c = k // 2
-        out[idx] = _filter2d_same_k(img_B3HW[idx], kernel_BKK[idx][:, c - r:c + r + 1, c - r:c + r + 1])
-    return out
+    return torch.cat(filter2d_each(img_B3HW, kernel_BKK))
 
 
 def _separable_blur(img_B3HW: torch.Tensor, g_K: torch.Tensor) -> torch.Tensor:

@@ -118,9 +118,9 @@ def _blur_by_size(xs: list[torch.Tensor], kernels: list[torch.Tensor]) -> list[t
     for i, x in enumerate(xs):
         groups.setdefault(tuple(x.shape[-2:]), []).append(i)
     for idx in groups.values():
-        y = ops.filter2d(torch.cat([xs[i] for i in idx]), torch.stack([kernels[i] for i in idx]))
-        for j, i in enumerate(idx):
-            out[i] = y[j:j + 1]
+        ys = ops.filter2d_each(torch.cat([xs[i] for i in idx]), torch.stack([kernels[i] for i in idx]))
+        for i, y in zip(idx, ys, strict=True):
+            out[i] = y
     return out  # type: ignore[return-value]
 
 
@@ -139,9 +139,8 @@ def _final(xs: list[torch.Tensor], params: list[dict], lr_hw: tuple[int, int]) -
         sub = [params[i] for i in sinc_idx]
         k = torch.stack([torch.from_numpy(kernel_from_params(p["final"]["sinc"], p["kernel_pad"])).float()
                          for p in sub]).to(device)
-        y = ops.filter2d(torch.cat([xs[i] for i in sinc_idx]), k)
-        for j, i in enumerate(sinc_idx):
-            xs[i] = y[j:j + 1]
+        for i, y in zip(sinc_idx, ops.filter2d_each(torch.cat([xs[i] for i in sinc_idx]), k), strict=True):
+            xs[i] = y
     jpeg_first = jpeg_roundtrip([torch.clamp(xs[i], 0, 1) for i in first], [params[i]["final"]["jpeg"] for i in first])
     for i, y in zip(first, jpeg_first, strict=True):
         xs[i] = y
@@ -170,8 +169,8 @@ def degrade_batch(hr_B3HW: torch.Tensor, params: list[dict]) -> torch.Tensor:
     if usm is not None:  # the same for every sample of a config
         x = ops.usm_sharpen(x, usm["radius"], usm["weight"], usm["threshold"])
     # ---- first order: blur (batched, per-sample kernels), resize, noise, JPEG
-    x = ops.filter2d(x, _kernels(params, "blur1", device))
-    xs = [ops.resize(x[i:i + 1], p["resize1"]["mode"], scale=p["resize1"]["scale"]) for i, p in enumerate(params)]
+    xs = ops.filter2d_each(x, _kernels(params, "blur1", device))
+    xs = [ops.resize(xi, p["resize1"]["mode"], scale=p["resize1"]["scale"]) for xi, p in zip(xs, params, strict=True)]
     xs = [ops.add_noise(xi, p["noise1"], _generator(p["noise1"]["seed"], device)) for xi, p in zip(xs, params, strict=True)]
     xs = jpeg_roundtrip([torch.clamp(xi, 0, 1) for xi in xs], [p["jpeg1"] for p in params])
     # ---- second order: optional blur, resize relative to the final size, noise
