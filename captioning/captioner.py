@@ -11,6 +11,7 @@ The fallback used is recorded in `Caption.source`, so nothing is silently substi
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from dataclasses import dataclass
@@ -29,14 +30,15 @@ class Caption:
     error: str = ""  # why a fallback was used ("" when the primary backend produced the caption)
 
 
-class Captioner:
+class Captioner(abc.ABC):
     """Base interface: `describe` returns one `Caption` per image; `caption` keeps only the text."""
 
     name = "base"
 
+    @abc.abstractmethod
     def describe(self, images: list, metas: list[dict] | None = None, prompts: list[str] | None = None
                  ) -> list[Caption]:
-        raise NotImplementedError
+        """One `Caption` per image (see `caption` for the arguments)."""
 
     def caption(self, images: list, metas: list[dict] | None = None, prompts: list[str] | None = None
                 ) -> list[str]:
