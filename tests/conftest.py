@@ -161,3 +161,29 @@ def embedded_stack(tmp_path_factory):
         time.sleep(1)
         leftover = [p for p in pids if stack._alive(p)]
         assert not leftover, f"stack processes still alive after down: {leftover}"
+
+
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def run_deployment_cli(cfg, name: str, params: dict | None = None, timeout: float = 900) -> dict:
+    """`prefect deployment run NAME -p k=v …` as a user types it, from another process, against the stack `cfg`;
+    then poll the Prefect API until the flow run is terminal. Returns the flow run JSON."""
+    import json
+    import re
+
+    import requests
+
+    args = [str(Path(sys.executable).parent / "prefect"), "deployment", "run", name]
+    for k, v in (params or {}).items():
+        args += ["-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+    out = subprocess.run(args, env={**os.environ, **cfg.client_env()}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout).group(1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = requests.get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=5).json()
+        if run["state"]["type"] in TERMINAL_STATES:
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"{name} flow run {run_id} not terminal after {timeout:.0f} s")

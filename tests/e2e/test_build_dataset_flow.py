@@ -5,36 +5,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
+from tests.conftest import run_deployment_cli
+
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BIN = Path(sys.executable).parent
-
-
-def run_deployment_cli(cfg, name: str, params: dict, timeout: float = 900) -> dict:
-    """`prefect deployment run NAME -p k=v …` from another process, then wait for a terminal state."""
-    args = [str(BIN / "prefect"), "deployment", "run", name]
-    for k, v in params.items():
-        args += ["-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
-    out = subprocess.run(args, env={**os.environ, **cfg.client_env()}, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout).group(1)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = requests.get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=5).json()
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        time.sleep(2)
-    raise TimeoutError(f"{name} run {run_id} not finished after {timeout} s")
 
 
 @pytest.fixture(scope="session")
