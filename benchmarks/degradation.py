@@ -56,7 +56,10 @@ def main() -> None:
     ap.add_argument("--no-usm", action="store_true", help="disable GT USM sharpening on both sides")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tmp", default="/tmp/nsarm-bench-photos")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     cfg = PRESETS[args.preset]
