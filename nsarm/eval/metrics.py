@@ -262,17 +262,23 @@ def missing_weights(metric: str, weights_dir: Path) -> list[Path]:
 
 
 def _unavailable_for(metric: str, weights_dir: Path) -> Unavailable | None:
+    """Why `metric` cannot be built here (library missing and/or weight files missing), or None."""
     spec = SPECS[metric]
+    reasons, steps = [], []
     if metric in _PYIQA_NAMES and importlib.util.find_spec("pyiqa") is None:
-        return Unavailable(metric, "pyiqa is not installed", how_to_obtain=f"pip install {_PYIQA_PIN}")
+        reasons.append("pyiqa is not installed")
+        steps.append(f"pip install {_PYIQA_PIN}.")
     if metric == "lpips" and importlib.util.find_spec("lpips") is None:
-        return Unavailable(metric, "lpips is not installed", how_to_obtain="pip install lpips==0.1.4")
+        reasons.append("lpips is not installed")
+        steps.append("pip install lpips==0.1.4.")
     missing = missing_weights(metric, weights_dir)
     if missing:
+        reasons.append("pretrained weights not found")
         urls = "; ".join(w.url for w in spec.weights if weights_dir / w.filename in missing)
-        return Unavailable(metric, "pretrained weights not found", tuple(str(p) for p in missing),
-                           f"Download {urls} into {weights_dir} (or set NSARM_IQA_WEIGHTS).")
-    return None
+        steps.append(f"Download {urls} into {weights_dir} (or set NSARM_IQA_WEIGHTS).")
+    if not reasons:
+        return None
+    return Unavailable(metric, "; ".join(reasons), tuple(str(p) for p in missing), " ".join(steps))
 
 
 @dataclass
