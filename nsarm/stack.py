@@ -370,7 +370,7 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def down(cfg: StackConfig, echo=print, timeout: float = 20.0) -> dict[str, str]:
+def down(cfg: StackConfig, echo=print, timeout: float = 35.0) -> dict[str, str]:
     """Stop the services this stack started, by their recorded PID / process group: SIGTERM to all at once (Ray
     drains for a few seconds), wait up to `timeout`, then SIGKILL whatever is left of those groups."""
     result, running = {}, {}
