@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     ts.add_argument("--testset-root", help="the NSARM repo's data/test folder")
     ts.add_argument("--lr-dir", help="LR folder of a custom test set (with --checkpoint)")
     ts.add_argument("--captions", help="caption jsonl for --lr-dir")
+    ts.add_argument("--synthetic-from", metavar="HR_DIR", help="build a synthetic set from HR photos (Real-ESRGAN "
+                    "degradation, as the paper's DIV2K set) under --out/synthetic")
+    ts.add_argument("--synthetic-size", type=int, default=1024, help="HR crop side of the synthetic set")
+    ts.add_argument("--seed", type=int, default=0, help="degradation seed of the synthetic set")
     ts.add_argument("--hr-dir", help="ground-truth folder (paired by file stem); omit for no-reference only")
     ts.add_argument("--name", help="test-set name in reports (default: --testset or the LR/SR folder name)")
     m = p.add_argument_group("metrics")
@@ -79,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from nsarm.eval.metrics import PAPER_METRICS, MetricConfig
     from nsarm.eval.run import MlflowTarget, evaluate_folders, evaluate_upscaler
-    from nsarm.eval.testsets import folder_testset, nsarm_testset
+    from nsarm.eval.testsets import build_synthetic_testset, folder_testset, nsarm_testset
 
     if bool(args.checkpoint) == bool(args.sr_dir):
         raise SystemExit("give exactly one of --checkpoint or --sr-dir")
@@ -101,8 +105,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             testset = nsarm_testset(args.testset, args.testset_root, args.hr_dir)
         elif args.lr_dir:
             testset = folder_testset(args.name or Path(args.lr_dir).name, args.lr_dir, args.hr_dir, args.captions)
+        elif args.synthetic_from:
+            testset = build_synthetic_testset(args.synthetic_from, Path(args.out) / "synthetic",
+                                              size=args.synthetic_size, seed=args.seed)
         else:
-            raise SystemExit("--checkpoint needs --testset (+ --testset-root) or --lr-dir")
+            raise SystemExit("--checkpoint needs --testset (+ --testset-root), --lr-dir or --synthetic-from")
         upscale_fn = load_upscale_fn(args.checkpoint, args.device)
         report = evaluate_upscaler(cfg, testset, upscale_fn, name=Path(args.checkpoint).stem, out_dir=args.out,
                                    batch_size=args.batch_size, eval_size=args.eval_size, mu_g=args.mu_g,

@@ -152,30 +152,34 @@ def write_png(img_HW3: np.ndarray, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ synthetic set
-# A degrader maps (hr uint8 (H, W, 3), per-image seed) -> LR uint8 (H/4, W/4, 3).
-Degrader = Callable[[np.ndarray, int], np.ndarray]
+# A degrader maps (hr uint8 (H, W, 3), sample key, dataset seed) -> LR uint8 (H/4, W/4, 3); it derives the
+# sample's randomness from (seed, key), so an image's LR does not depend on which other images are in the set.
+Degrader = Callable[[np.ndarray, str, int], np.ndarray]
 
 
 def default_degrader(preset: str = "realesrgan") -> Degrader:
-    """The project's Real-ESRGAN pipeline (`degradation/`), imported only when asked for.
-
-    It expects `degradation.degrade_image(hr_HW3, seed=..., preset=...)`; until that library lands this raises
-    a clear ImportError and callers pass their own `Degrader`.
-    """
+    """The project's Real-ESRGAN pipeline (`degradation.pipeline.degrade`, paper default preset), imported lazily."""
     try:
-        import degradation
+        from degradation.config import PRESETS
+        from degradation.pipeline import degrade
     except ImportError as e:
         raise ImportError(f"the degradation library is not importable ({e}); pass degrade_fn explicitly") from None
-    fn = getattr(degradation, "degrade_image", None)
-    if fn is None:
-        raise ImportError("degradation.degrade_image(hr_HW3, seed=, preset=) is not available yet; "
-                          "pass degrade_fn explicitly")
-    return lambda hr, seed: fn(hr, seed=seed, preset=preset)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown degradation preset {preset!r}; known: {sorted(PRESETS)}")
+    cfg = PRESETS[preset]
+
+    def run(hr: np.ndarray, key: str, seed: int) -> np.ndarray:
+        import torch
+
+        lr_B3hw, _params = degrade(torch.from_numpy(hr).permute(2, 0, 1)[None], [key], cfg, seed)
+        return lr_B3hw[0].permute(1, 2, 0).contiguous().numpy()
+
+    return run
 
 
 def build_synthetic_testset(hr_dir: str | Path, out_dir: str | Path, *, size: int = 1024, seed: int = 0,
                             degrade_fn: Degrader | None = None, limit: int | None = None) -> TestSet:
-    """Centre-crop each HR image to `size`², degrade it with a per-image seed (`seed` + index) and save both.
+    """Centre-crop each HR image to `size`², degrade it (randomness from `seed` and the image key), save both.
 
     Writes `{out_dir}/HR/{key}.png` and `{out_dir}/LR/{key}.png`; a rerun with the same arguments rewrites the
     same bytes. Images smaller than `size` on a side are skipped (listed in `{out_dir}/skipped.json`).
@@ -183,7 +187,7 @@ def build_synthetic_testset(hr_dir: str | Path, out_dir: str | Path, *, size: in
     degrade = degrade_fn or default_degrader()
     out_dir = Path(out_dir)
     images, skipped = [], []
-    for i, (key, path) in enumerate(sorted(list_images(hr_dir).items())):
+    for key, path in sorted(list_images(hr_dir).items()):
         if limit is not None and len(images) >= limit:
             break
         hr = read_rgb(path)
@@ -193,7 +197,7 @@ def build_synthetic_testset(hr_dir: str | Path, out_dir: str | Path, *, size: in
             continue
         top, left = (h - size) // 2, (w - size) // 2
         hr = np.ascontiguousarray(hr[top:top + size, left:left + size])
-        lr = degrade(hr, seed + i)
+        lr = degrade(hr, key, seed)
         if lr.dtype != np.uint8 or lr.ndim != 3:
             raise ValueError(f"degrade_fn returned {lr.dtype} {lr.shape} for {key}; expected uint8 (h, w, 3)")
         images.append(TestImage(key, write_png(lr, out_dir / "LR" / f"{key}.png"),
