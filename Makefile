@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile
 	# torchvision.functional_tensor import fixed), without its opencv-python/tb-nightly requirements.
 	$(BIN)/pip install addict future lmdb yapf
 	$(BIN)/pip install --no-deps --no-build-isolation basicsr-fixed==1.4.2
+	# pyiqa (CLIPIQA/MUSIQ/MANIQA/TOPIQ) and facexlib without their metadata's opencv-python/bitsandbytes/tensorboard;
+	# their real runtime imports are in pyproject.toml (see nsarm/eval/metrics.py).
+	$(BIN)/pip install --no-deps pyiqa==0.1.16 facexlib==0.3.0
 	$(BIN)/python -c "import nsarm, torch, ray, prefect, mlflow, webdataset, basicsr.utils; print('environment OK: torch', torch.__version__)"
 	touch $(STAMP)
 

@@ -190,3 +190,32 @@ def _upscale(args: argparse.Namespace) -> int:
         Image.fromarray(arr).save(out)
         print(out)
     return 0
+
+
+def build_upscale_fn(checkpoint: str | Path, device: str | None = None, seed: int = 0, caption: str = "",
+                     tokenizer: str | Path | None = None, text_encoder: str | Path | None = None,
+                     preset: str | None = None):
+    """Load a checkpoint once (same rules and errors as `nsarm upscale`) and return
+    `upscale_fn(lr_images, captions=None) -> list of uint8 (4h, 4w, 3)`, the callable `nsarm eval` scores.
+
+    Args:
+        lr_images (of the returned fn): uint8 RGB arrays (h, w, 3), any size (tiled).
+        captions: one per image (None entries use `caption`).
+    """
+    import torch
+
+    from nsarm.inference import UpscaleOptions, upscale_images
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args = argparse.Namespace(checkpoint=Path(checkpoint), preset=preset,
+                              tokenizer=Path(tokenizer) if tokenizer else None,
+                              text_encoder=Path(text_encoder) if text_encoder else None)
+    model, encoder = _load(args, device)
+
+    def upscale_fn(lr_images, captions=None):
+        caps = [c if c else caption for c in (captions or [None] * len(lr_images))]
+        with torch.no_grad():
+            srs = upscale_images(model, list(lr_images), encoder.encode(caps), UpscaleOptions(seed=seed))
+        return [(sr.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy() for sr in srs]
+
+    return upscale_fn

@@ -65,17 +65,13 @@ def _sr_dirs(specs: list[str]) -> dict[str, str]:
 
 
 def load_upscale_fn(checkpoint: str, device: str):
-    """The model path's `upscale_fn(lr_images, captions=None) -> sr_images`, from `nsarm.inference`."""
+    """The model path's `upscale_fn(lr_images, captions=None) -> sr_images` (nsarm.inference_cli)."""
+    from nsarm.inference_cli import UpscaleError, build_upscale_fn
+
     try:
-        from nsarm import inference
-    except ImportError as e:
-        raise SystemExit(f"--checkpoint needs nsarm.inference, which is not importable yet ({e}); "
-                         "score saved outputs with --sr-dir instead") from None
-    build = getattr(inference, "build_upscale_fn", None)
-    if build is None:
-        raise SystemExit("nsarm.inference.build_upscale_fn(checkpoint, device) is not available yet; "
-                         "score saved outputs with --sr-dir instead")
-    return build(checkpoint, device=device)
+        return build_upscale_fn(checkpoint, device=device)
+    except UpscaleError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
