@@ -42,6 +42,10 @@ def start_run(experiment: str, *, run_name: str | None = None, run_id: str | Non
     init_tracking(tracking_uri)
     if run_id is None:
         mlflow.set_experiment(experiment)
+    else:
+        # MLflow refuses to resume a run while the process's active experiment (set by any earlier
+        # set_experiment in this process) is another one: make the run's own experiment the active one.
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=dict(tags or {})) as run:
         yield run.info.run_id
 

@@ -44,8 +44,8 @@ def test_status_reports_every_service_running(embedded_stack):
                           "--prefect-port", str(embedded_stack.prefect_port), "--mlflow-port",
                           str(embedded_stack.mlflow_port), "--ray-dashboard-port",
                           str(embedded_stack.ray_dashboard_port)],
-                         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
-                                                                         if k not in ("PREFECT_API_URL",)})
+                         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k not in (
+                             "PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")})
     report = json.loads(out.stdout)
     assert {k: v["state"] for k, v in report.items()} == {
         "prefect": "running", "mlflow": "running", "ray": "running", "deployments": "running"}
