@@ -187,3 +187,32 @@ def run_deployment_cli(cfg, name: str, params: dict | None = None, timeout: floa
             return run
         time.sleep(1)
     raise TimeoutError(f"{name} flow run {run_id} not terminal after {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend store, served artifacts) on a free 127.0.0.1 port for the session;
+    yields its URI and stops its process group at the end. Tests keep apart by experiment name."""
+    state = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(state / "server.log", "w")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{state}/mlflow.db",
+         "--artifacts-destination", str(state / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", timeout=120)
+        yield uri
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
