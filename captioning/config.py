@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import PurePosixPath
+
+from nsarm.config import frozen_from_dict
 
 BACKENDS = ("llava", "metadata", "fixed")
 IMAGE_SOURCES = ("hr", "lr")
@@ -106,14 +108,7 @@ def cap_hash(cfg: CaptionConfig) -> str:
 
 def config_from_dict(d: dict) -> CaptionConfig:
     """Rebuild a config saved with `asdict` (config.json beside the captions); unknown keys are an error."""
-    names = {f.name for f in fields(CaptionConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"caption config has unknown keys {unknown}")
-    d = dict(d)
-    if "metadata_fields" in d:
-        d["metadata_fields"] = tuple(d["metadata_fields"])
-    return CaptionConfig(**d)
+    return frozen_from_dict(CaptionConfig, d)
 
 
 PRESETS: dict[str, CaptionConfig] = {

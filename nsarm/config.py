@@ -14,7 +14,19 @@ Presets:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+
+
+def frozen_from_dict(cls, d: dict):
+    """Rebuild a frozen config dataclass from its JSON form (`asdict` + json): unknown keys are an error naming
+    them, missing keys take the defaults, and lists become tuples again for tuple-typed fields (JSON has no tuple)."""
+    by_name = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(by_name))
+    if unknown:
+        raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}")
+    values = {k: tuple(v) if isinstance(v, list) and str(by_name[k].type).startswith("tuple") else v
+              for k, v in d.items()}
+    return cls(**values)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Tokenizer (BSQ-VAE)
@@ -99,14 +111,7 @@ class TokenizerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
         """Build from a dict written by `to_dict` (unknown keys are an error, missing keys take defaults)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TokenizerConfig.from_dict: unknown keys {unknown}")
-        d = dict(d)
-        if "ch_mult" in d:
-            d["ch_mult"] = tuple(d["ch_mult"])
-        return cls(**d)
+        return frozen_from_dict(cls, d)
 
 
 # The `tiny` preset is a contract other modules rely on (transformer tests, the demo); keep it exactly so.

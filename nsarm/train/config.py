@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from nsarm.config import frozen_from_dict
+
 STRATEGIES = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "constant", "linear")
 
@@ -94,13 +96,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"TrainConfig.from_dict: unknown keys {unknown}")
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+        return frozen_from_dict(cls, d)
 
 
 @dataclass(frozen=True)
