@@ -216,3 +216,16 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test, restored afterwards: tiny models do microsecond-sized kernels, and
+    two spinning OpenMP threads on a busy 2-core box make them 10-40× slower. Folders of tiny-model tests use it
+    with an autouse wrapper in their conftest."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -40,12 +40,5 @@ def caption_root(tmp_path, photo_samples):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny LLaVA does microsecond-sized matmuls: with 2 OpenMP threads on a busy shared 2-core box they spin
-    and each test ran 10-40x slower. One thread for these tests only; restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs with one torch thread (tests/conftest.py `one_torch_thread`)."""
