@@ -22,7 +22,7 @@ import pandas as pd
 
 from nsarm.eval.metrics import MetricSuite
 from nsarm.eval.robustness import COMBINED_WEIGHTS, combined_score
-from nsarm.eval.testsets import TestSet, list_images, read_rgb, write_png
+from nsarm.eval.testsets import TestSet, paired_images, read_rgb, write_png
 
 # upscale_fn(lr_images) -> sr_images: uint8 RGB (h, w, 3) in, uint8 RGB (H, W, 3) out, same order and length.
 # It may also accept `captions=[str | None, ...]` (NSARM's text prompt); it is passed when the set has captions.
@@ -72,12 +72,7 @@ def score_folder(suite: MetricSuite, sr_dir: str | Path, hr_dir: str | Path | No
     Raises:
         ValueError naming SR images without an HR partner (an HR folder that does not match is a user error).
     """
-    srs = list_images(sr_dir)
-    hrs = list_images(hr_dir) if hr_dir is not None else {}
-    if hr_dir is not None:
-        unpaired = sorted(set(srs) - set(hrs))
-        if unpaired:
-            raise ValueError(f"{len(unpaired)} SR image(s) in {sr_dir} have no HR in {hr_dir}: {unpaired[:5]}")
+    srs, hrs = paired_images(sr_dir, hr_dir, "SR")
     pairs = []
     for key, path in srs.items():
         hr_path = hrs.get(key)

@@ -100,6 +100,21 @@ def read_caption_jsonl(path: str | Path) -> dict[str, str]:
     return captions
 
 
+def paired_images(src_dir: str | Path, hr_dir: str | Path | None, kind: str) -> tuple[dict, dict]:
+    """`list_images` of `src_dir` and of the optional `hr_dir`, both keyed by `pair_key`.
+
+    Raises:
+        ValueError when an HR folder is given but some `kind` ("LR"/"SR") image has no HR partner (names listed).
+    """
+    srcs = list_images(src_dir)
+    hrs = list_images(hr_dir) if hr_dir is not None else {}
+    if hr_dir is not None:
+        unpaired = sorted(set(srcs) - set(hrs))
+        if unpaired:
+            raise ValueError(f"{len(unpaired)} {kind} image(s) in {src_dir} have no HR in {hr_dir}: {unpaired[:5]}")
+    return srcs, hrs
+
+
 def folder_testset(name: str, lr_dir: str | Path, hr_dir: str | Path | None = None,
                    captions: str | Path | None = None) -> TestSet:
     """A test set from an LR folder, an optional HR folder (paired by key) and an optional caption jsonl.
@@ -107,12 +122,7 @@ def folder_testset(name: str, lr_dir: str | Path, hr_dir: str | Path | None = No
     Raises:
         ValueError when an HR folder is given but some LR image has no HR partner (names listed).
     """
-    lrs = list_images(lr_dir)
-    hrs = list_images(hr_dir) if hr_dir is not None else {}
-    if hr_dir is not None:
-        unpaired = sorted(set(lrs) - set(hrs))
-        if unpaired:
-            raise ValueError(f"{len(unpaired)} LR image(s) in {lr_dir} have no HR in {hr_dir}: {unpaired[:5]}")
+    lrs, hrs = paired_images(lr_dir, hr_dir, "LR")
     caps = read_caption_jsonl(captions) if captions is not None else {}
     images = tuple(TestImage(k, p, hrs.get(k), caps.get(k)) for k, p in lrs.items())
     return TestSet(name, images)
