@@ -256,6 +256,11 @@ def _deployments_ready(cfg: StackConfig, names: tuple[str, ...] = ("build-datase
     return True
 
 
+def _service_healthy(cfg: StackConfig, svc: Service) -> bool:
+    """The deployments server is healthy when both deployments are registered; the others by their endpoint."""
+    return _deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url, token_file=svc.token_file)
+
+
 def _log_tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -335,8 +340,7 @@ def _wait_healthy(cfg: StackConfig, svcs: list[Service], echo) -> None:
             if pid is None:
                 raise StackError(f"{svc.name} exited during start-up; last log lines "
                                  f"({_log_file(cfg, svc.name)}):\n{_log_tail(_log_file(cfg, svc.name))}")
-            ok = _deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url,
-                                                                                   token_file=svc.token_file)
+            ok = _service_healthy(cfg, svc)
             if ok:
                 echo(f"{svc.name:12s} healthy")
                 pending.remove(svc)
@@ -359,15 +363,21 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def group_members(pgid: int) -> set[int]:
+    """PIDs of the live processes in process group `pgid` (a service and everything it spawned)."""
+    members = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
-                    return True
+                    members.add(int(entry.name))
             except (ProcessLookupError, PermissionError):
                 continue
-    return False
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid))
 
 
 def down(cfg: StackConfig, echo=print, timeout: float = 35.0) -> dict[str, str]:
@@ -405,8 +415,7 @@ def status(cfg: StackConfig) -> dict[str, dict]:
             report[svc.name] = {"state": "external", "pid": None, "url": svc.external}
             continue
         pid = read_pid(cfg, svc.name)
-        ok = (_deployments_ready(cfg) if svc.name == "deployments"
-              else healthy(svc.health_url, token_file=svc.token_file)) if pid else False
+        ok = _service_healthy(cfg, svc) if pid else False
         state = "stopped" if pid is None else ("running" if ok else "unhealthy")
         report[svc.name] = {"state": state, "pid": pid, "url": urls[svc.name]}
     return report

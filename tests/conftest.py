@@ -125,16 +125,8 @@ def _stack_processes(cfg) -> set[int]:
     """PIDs of every process in the process groups of the stack's recorded services."""
     from nsarm import stack
 
-    pids = set()
     groups = {pid for name in ("prefect", "mlflow", "ray", "deployments") if (pid := stack.read_pid(cfg, name))}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) in groups and stack._alive(int(entry.name)):
-                    pids.add(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
+    return set().union(*(stack.group_members(g) for g in groups))
 
 
 @pytest.fixture(scope="session")
