@@ -12,9 +12,20 @@ STAMP      := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint stack-up stack-down stack-status clean-state
+# Debian packages the browser-screenshot and PostgreSQL tests need (the demo's screenshots need chromium).
+SYSTEM_PKGS := chromium postgresql
 
-setup: $(STAMP)
+.PHONY: setup system-deps test demo lint stack-up stack-down stack-status clean-state
+
+setup: $(STAMP) system-deps
+
+# Installs what is missing when we are root with apt-get (CI, containers); otherwise prints the command and goes on:
+# the tests that need these packages then skip, saying which package is missing.
+system-deps:
+	@if command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PKGS); \
+	else echo "note: missing Debian packages; run: sudo apt-get install $(SYSTEM_PKGS)"; fi
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,10 +41,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import nsarm, torch, ray, prefect, mlflow, webdataset, basicsr.utils; print('environment OK: torch', torch.__version__)"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(BIN)/python -m flows.demo
 
 lint: $(STAMP)
