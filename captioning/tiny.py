@@ -136,13 +136,16 @@ def photo_jpeg(path: str | Path, size: int = 256, quality: int = 95) -> bytes:
 def write_hr_shard(root: str, shard: int, samples: list[tuple[str, bytes, dict]]) -> None:
     """Write `{root}/hr/{shard:06d}.tar` ({key}.jpg + {key}.json) and its `_stats.json` done marker, following
     DESIGN.md §3, for tests and demos that run before (or without) the dataset stage's shard writer."""
+    import hashlib
     import json
 
     from dataset import contract
 
     members = [(key, {"jpg": jpg, "json": json.dumps(meta).encode()}) for key, jpg, meta in samples]
-    contract.put_atomic(contract.hr_tar(root, shard), contract.tar_bytes(members))
-    contract.write_json_atomic(contract.hr_stats(root, shard), {"shard": shard, "n": len(samples), "ok": len(samples)})
+    data = contract.tar_bytes(members)
+    contract.put_atomic(contract.hr_tar(root, shard), data)
+    contract.write_json_atomic(contract.hr_stats(root, shard), {"shard": shard, "n": len(samples), "ok": len(samples),
+                                                               "tar_sha256": hashlib.sha256(data).hexdigest()})
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ class CaptionWorker:
                              "params": params, "error": error, "t5_tokens": self.count_tokens(cap.text)})
         return rows
 
-    def _write(self, shard: int, rows: list[dict], rejected: list[str], seconds: float) -> int:
+    def _write(self, shard: int, rows: list[dict], rejected: list[str], seconds: float,
+               hr_sha: str | None = None) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -182,8 +183,8 @@ class CaptionWorker:
         limit = self.cfg.text_max_tokens
         long_keys = [r["key"] for r in rows if r["t5_tokens"] > limit]
         stats = {
-            "shard": shard, "cap_hash": self.hash, "backend": self.cfg.backend, "image": self.cfg.image,
-            "n": len(rows),
+            "shard": shard, "cap_hash": self.hash, "hr_tar_sha256": hr_sha, "backend": self.cfg.backend,
+            "image": self.cfg.image, "n": len(rows),
             "sources": dict(Counter(r["captioner"] for r in rows)),
             "n_fallback": sum(bool(r["error"]) for r in rows),
             "errors": dict(Counter(r["error"] for r in rows if r["error"])),
@@ -200,15 +201,17 @@ class CaptionWorker:
         t0 = time.perf_counter()
         try:
             stats_url = contract.caption_stats(self.root, self.hash, shard)
-            if contract.exists(stats_url):
-                return ShardResult(True, shard, contract.read_json(stats_url)["n"], skipped=True)
+            done = contract.done_stats(stats_url, self.root, shard)  # None also when the HR shard was rewritten
+            if done is not None:
+                return ShardResult(True, shard, done["n"], skipped=True)
+            hr_sha = contract.hr_tar_sha256(self.root, shard)  # read before the tar: a later rewrite makes this stale
             if not self._config_written:  # the config beside the captions (G3), also when called outside a runner
                 write_config(self.root, self.cfg)
                 self._config_written = True
             samples, rejected = self._read(shard)
             rows = self._caption(shard, samples)
             seconds = time.perf_counter() - t0
-            too_long = self._write(shard, rows, rejected, seconds)
+            too_long = self._write(shard, rows, rejected, seconds, hr_sha)
             return ShardResult(True, shard, len(rows), seconds=seconds, too_long=too_long)
         except Exception as e:  # noqa: BLE001 - G8: a failed shard is a result (retried by the caller), not a crash
             log.exception("caption shard %06d failed", shard)

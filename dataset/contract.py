@@ -7,6 +7,7 @@
 
 Every stage uses these helpers so the layout is written down once. `put_atomic` writes to a temporary name and
 renames (a crash never leaves a file that looks complete); `*_stats.json` is written last and marks a shard done.
+Derived stages record the HR tar's sha256 in their stats (`done_stats`): a rewritten HR shard makes them stale.
 """
 
 from __future__ import annotations
@@ -107,6 +108,26 @@ def write_json_atomic(url: str, obj) -> None:
 def read_json(url: str):
     with fsspec.open(url, "rb") as f:
         return json.loads(f.read())
+
+
+def hr_tar_sha256(root: str, shard: int) -> str | None:
+    """The sha256 the shard stage recorded for `{root}/hr/{shard}.tar` (None when the HR shard is not done)."""
+    url = hr_stats(root, shard)
+    return read_json(url).get("tar_sha256") if exists(url) else None
+
+
+def done_stats(stats_url: str, root: str, shard: int) -> dict | None:
+    """A derived stage's (LR, captions) stats when its shard is done *for the HR tar as it is now*, else None.
+
+    The LR and caption stages record the HR tar's sha256 in their stats. `--retry-failed` or cross-shard dedup
+    rewrites an HR shard (new hash): the derived shard is then stale and must be redone, not skipped. Stats written
+    before hashes were recorded (no `hr_tar_sha256`) count as done.
+    """
+    if not exists(stats_url):
+        return None
+    st = read_json(stats_url)
+    recorded = st.get("hr_tar_sha256")
+    return st if recorded is None or recorded == hr_tar_sha256(root, shard) else None
 
 
 def list_shards(root: str, sub: str = "hr", done_only: bool = True) -> list[int]:

@@ -123,9 +123,10 @@ class DegradeShard:
 
     def _run(self, shard: int, t0: float) -> ShardResult:
         stats_url = contract.lr_stats(self.root, self.deg_hash, shard)
-        if contract.exists(stats_url):
-            st = contract.read_json(stats_url)
+        st = contract.done_stats(stats_url, self.root, shard)  # None also when the HR shard was rewritten since
+        if st is not None:
             return ShardResult(True, shard, n=st["n_ok"], n_bad=st["n_bad"], skipped=True, bad=st["bad"])
+        hr_sha = contract.hr_tar_sha256(self.root, shard)  # read before the tar: a later rewrite makes this stale
         ensure_config_json(self.root, self.cfg, self.seed)
         hr_url = contract.hr_tar(self.root, shard)
         if not contract.exists(hr_url):
@@ -164,7 +165,8 @@ class DegradeShard:
         contract.put_atomic(contract.lr_tar(self.root, self.deg_hash, shard), contract.tar_bytes(samples))
         seconds = time.monotonic() - t0
         stats = {
-            "shard": shard, "deg_hash": self.deg_hash, "n_input": len(good) + len(bad), "n_ok": len(samples),
+            "shard": shard, "deg_hash": self.deg_hash, "hr_tar_sha256": hr_sha,
+            "n_input": len(good) + len(bad), "n_ok": len(samples),
             "n_bad": len(bad), "bad": bad, "errors": dict(Counter(b["reason"].split(":")[0] for b in bad)),
             "seconds": round(seconds, 3), "images_per_s": round(len(samples) / max(seconds, 1e-9), 3),
             "device": str(self.device), "batch_size": self.batch_size,
