@@ -25,6 +25,7 @@ from ray.exceptions import RayActorError
 
 from captioning.config import CaptionConfig, preset
 from captioning.worker import CaptionWorker, ShardResult, input_shards, summarize, write_config
+from dataset.distributed import connect, object_store_env
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,10 @@ class CaptionPool:
         self._inflight: dict = {}  # ObjectRef -> (actor, shard)
 
     def _spawn(self):
-        actor = CaptionActor.options(**self.options).remote(self.root, self.cfg, self.torch_threads)
+        opts = dict(self.options)
+        if (env := object_store_env()) is not None:  # actors on a running cluster do not inherit our environment
+            opts["runtime_env"] = env
+        actor = CaptionActor.options(**opts).remote(self.root, self.cfg, self.torch_threads)
         self.actors.append(actor)
         return actor
 
@@ -186,8 +190,7 @@ def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_addres
         cfg = preset(cfg or "paper", **overrides)
     elif overrides:
         cfg = replace(cfg, **overrides)
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
+    connect(ray_address)
     t0 = time.perf_counter()
     h = write_config(root, cfg)
     shards = input_shards(root, cfg) if shards is None else shards

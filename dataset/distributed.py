@@ -23,9 +23,25 @@ def _build_one(cfg: ShardConfig, root: str, retry_failed: bool, spec: ShardSpec)
     return ShardBuilder(cfg, root, retry_failed)(spec)
 
 
-def _runtime_env() -> dict | None:
+def object_store_env() -> dict | None:
+    """A Ray `runtime_env` carrying the driver's object-store settings to tasks and actors (None when there are
+    none). The degradation and captioning distributors use it too."""
     env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_ENV_PREFIXES)}
     return {"env_vars": env} if env else None
+
+
+def connect(ray_address: str | None = None) -> bool:
+    """Join `ray_address` or `$RAY_ADDRESS` (a real cluster), else start a local Ray without a dashboard; reuse an
+    already initialised one. True when this call started it (the caller may shut it down). Shared by the three data
+    stages' distributors so they join a cluster the same way."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, log_to_driver=False, configure_logging=False,
+             **({} if address else {"include_dashboard": False}))
+    return True
 
 
 def run_shards(specs: list[ShardSpec], cfg: ShardConfig, root: str, retry_failed: bool = False,
@@ -35,15 +51,10 @@ def run_shards(specs: list[ShardSpec], cfg: ShardConfig, root: str, retry_failed
     Ray (`max_shard_retries`), and still-failing shards come back as `ShardResult(ok=False)`, never raised."""
     import ray
 
-    started_here = False
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, log_to_driver=False, configure_logging=False,
-                 **({} if address else {"include_dashboard": False}))
-        started_here = True
+    started_here = connect(ray_address)
     try:
         options = {"num_cpus": cfg.cpus_per_task, "max_retries": cfg.max_shard_retries}
-        if (env := _runtime_env()) is not None:
+        if (env := object_store_env()) is not None:
             options["runtime_env"] = env
         task = ray.remote(_build_one)
         cfg_ref = ray.put(cfg)

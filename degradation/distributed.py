@@ -11,32 +11,22 @@ worker itself (their `_stats.json` exists), so rerunning the same call is the re
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import ray
 
 from dataset import contract
+from dataset.distributed import connect, object_store_env
 from degradation.config import DegradationConfig
 from degradation.worker import DegradeShard, ShardResult, ensure_config_json
 
 log = logging.getLogger(__name__)
-_FORWARDED_ENV = ("AWS_", "FSSPEC_", "S3_")  # object-store settings the worker processes need to reach the root
 
 
 @ray.remote(max_retries=2)  # infrastructure failures (a lost node); shard errors come back as ShardResult
 def _degrade_shard_task(root: str, cfg: dict, seed: int, shard: int, batch_size: int, hr_size: int | None) -> dict:
     worker = DegradeShard(root, DegradationConfig.from_dict(cfg), seed, batch_size=batch_size, hr_size=hr_size)
     return worker(shard).to_dict()
-
-
-def _runtime_env(root: str) -> dict | None:
-    """Forward the driver's object-store environment (endpoint, credentials) to the tasks for remote roots: worker
-    processes of an already running cluster do not inherit the driver's environment."""
-    if "://" not in root or root.startswith("file://"):
-        return None
-    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
-    return {"env_vars": env} if env else None
 
 
 def run_degradation(root: str, cfg: DegradationConfig, seed: int, ray_address: str | None = None,
@@ -54,15 +44,13 @@ def run_degradation(root: str, cfg: DegradationConfig, seed: int, ray_address: s
         {"deg_hash", "lr_dir", "shards", "n_ok", "n_bad", "n_failed", "failed": {shard: err}, "skipped",
          "seconds", "images_per_s"}.
     """
-    if not ray.is_initialized():
-        ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+    connect(ray_address)
     t0 = time.monotonic()
     h = ensure_config_json(root, cfg, seed)
     todo = sorted(contract.list_shards(root, "hr", done_only=True) if shards is None else shards)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     opts = {"num_gpus": gpus_per_task, "num_cpus": 1} if has_gpu else {"num_cpus": 1}
-    env = _runtime_env(root)
-    if env:
+    if (env := object_store_env()) is not None:  # worker processes do not inherit the driver's environment
         opts["runtime_env"] = env
     task = _degrade_shard_task.options(**opts)
 
