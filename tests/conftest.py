@@ -25,6 +25,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # Tests marked `last` look at what the others left on the session stack (the UI screenshots): run them last.
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (marker gpu)")
