@@ -6,7 +6,9 @@
 2. serves the bundled photos over HTTP on 127.0.0.1 and writes an Unsplash-style photos.tsv for them;
 3. `build-dataset/default` through the Prefect deployment (shard → degrade → caption → manifest → MLflow);
 4. `train-nsarm/default` through the deployment (stage 1 → stage 2 → evaluate → register in MLflow);
-5. upscales one photo with the registered model; prints where everything is.
+5. upscales one photo with the registered model;
+6. screenshots of the Prefect, MLflow and Ray UIs (headless Chromium) into .nsarm/demo/screenshots/; prints where
+   everything is.
 A stage that is not built yet fails its flow run with "not implemented yet: <stage>"; the demo then stops there
 and says so (exit 1).
 """
@@ -62,21 +64,61 @@ def main(argv: list[str] | None = None) -> int:
           f"list {tsv}")
     data_root = str(work / "data")
     try:
-        _run("build-dataset/default", {"source": str(tsv), "root": data_root, "preset": "tiny", "shard_size": 6,
-                                       "degradation": "realesrgan", "captioner": "metadata", "seed": 0},
-             args.timeout)
-        _run("train-nsarm/default", {"root": data_root, "preset": "tiny", "num_workers": 2, "use_gpu": False},
-             args.timeout)
+        build = _run("build-dataset/default",
+                     {"source": str(tsv), "root": data_root, "preset": "tiny", "shard_size": 6,
+                      "degradation": "realesrgan", "captioner": "metadata", "seed": 0}, args.timeout)
+        train = _run("train-nsarm/default",
+                     {"root": data_root, "preset": "tiny", "num_workers": 2, "use_gpu": False}, args.timeout)
     finally:
         server.stop()
+    from nsarm import tracking
+    from nsarm.train.registry import CHAMPION, REGISTERED_MODEL
+
+    champion = tracking.get_model_version(REGISTERED_MODEL, alias=CHAMPION, tracking_uri=cfg.mlflow_url)
     sr_path = upscale_one_photo(cfg, work)
+    shots_ok = take_screenshots(cfg, work / "screenshots")
 
     print("\nDone. Where to look:")
     stack.print_urls(cfg)
-    print(f"Dataset root    {data_root}  (hr/, lr/, captions/, manifest.json; checkpoints under runs/)")
-    print(f"Model registry  {cfg.mlflow_url}/#/models/nsarm  (aliases stage1, stage2, champion)")
+    for deployment, run in (("build-dataset", build), ("train-nsarm", train)):
+        print(f"Flow run        {cfg.prefect_ui}/runs/flow-run/{run.id}   ({deployment}: {run.name})")
+    print(f"MLflow run      {_mlflow_run_url(cfg, champion['run_id'])}   (training run of the champion)")
+    print(f"Model version   {REGISTERED_MODEL} v{champion['version']}, aliases {', '.join(sorted(champion['aliases']))}"
+          f"   {cfg.mlflow_url}/#/models/{REGISTERED_MODEL}/versions/{champion['version']}")
+    print(f"Checkpoint      {champion['tags']['checkpoint_uri']}")
+    print(f"Dataset root    {data_root}  (hr/, lr/, captions/, manifest.json)")
     print(f"Upscaled photo  {sr_path}")
-    return 0
+    print(f"Screenshots     {work / 'screenshots'}" + ("" if shots_ok else "   (incomplete: see above)"))
+    return 0 if shots_ok is not False else 1
+
+
+def _mlflow_run_url(cfg: stack.StackConfig, run_id: str) -> str:
+    """The MLflow UI page of a run (its URL needs the experiment id: one REST call)."""
+    import requests
+
+    info = requests.get(f"{cfg.mlflow_url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=10).json()
+    return f"{cfg.mlflow_url}/#/experiments/{info['run']['info']['experiment_id']}/runs/{run_id}"
+
+
+def take_screenshots(cfg: stack.StackConfig, out: Path) -> bool | None:
+    """PNGs of the Prefect deployments and runs, the MLflow registry and the Ray jobs pages (nsarm/screenshots.py).
+
+    Returns:
+        True when all show what they should, False when a page did not (the demo then exits 1: the run is done
+        but a UI does not show it), None when this machine has no Chromium (skipped, with the install hint).
+    """
+    from nsarm import screenshots
+
+    print(f"\n==> nsarm screenshots --out {out}")
+    try:
+        screenshots.capture_stack(cfg, out, echo=lambda line: print(f"    {line}"))
+    except screenshots.BrowserMissing as e:
+        print(f"    skipped: {e}")
+        return None
+    except screenshots.ScreenshotError as e:
+        print(f"    error: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def upscale_one_photo(cfg: stack.StackConfig, work: Path) -> Path:
@@ -84,9 +126,9 @@ def upscale_one_photo(cfg: stack.StackConfig, work: Path) -> Path:
     native LR size), so the output has the photo's original size."""
     from PIL import Image
 
-    from nsarm.train.registry import resolve_checkpoint
+    from nsarm.train.registry import CHAMPION, resolve_checkpoint
 
-    checkpoint = resolve_checkpoint("champion", tracking_uri=cfg.mlflow_url)
+    checkpoint = resolve_checkpoint(CHAMPION, tracking_uri=cfg.mlflow_url)
     photo = Image.open(work / "source" / "photos" / "chelsea.png").convert("RGB")
     lr = photo.resize((photo.width // 4, photo.height // 4), Image.BICUBIC)
     lr_path, sr_path = work / "chelsea_lr.png", work / "chelsea_x4.png"

@@ -33,6 +33,10 @@ class ScreenshotError(RuntimeError):
     """Chromium or its driver is missing, a UI did not answer, or a page never showed what it should."""
 
 
+class BrowserMissing(ScreenshotError):
+    """No Chromium binary or no `playwright` package: nothing can be captured on this machine."""
+
+
 @dataclass(frozen=True)
 class Page:
     name: str  # file stem of the PNG / text
@@ -60,13 +64,13 @@ def find_chromium() -> str:
     explicit = os.environ.get("NSARM_CHROMIUM")
     if explicit:
         if not Path(explicit).is_file():
-            raise ScreenshotError(f"NSARM_CHROMIUM={explicit} is not a file; {INSTALL_HINT}")
+            raise BrowserMissing(f"NSARM_CHROMIUM={explicit} is not a file; {INSTALL_HINT}")
         return explicit
     for name in CHROMIUM_NAMES:
         path = shutil.which(name)
         if path:
             return path
-    raise ScreenshotError(f"no Chromium found on PATH (looked for {', '.join(CHROMIUM_NAMES)}); {INSTALL_HINT}")
+    raise BrowserMissing(f"no Chromium found on PATH (looked for {', '.join(CHROMIUM_NAMES)}); {INSTALL_HINT}")
 
 
 def stack_pages(cfg: stack.StackConfig, model: str = "nsarm", aliases: tuple[str, ...] = ("champion", "stage2"),
@@ -164,7 +168,7 @@ def capture(pages: list[Page], out_dir: str | Path, timeout_s: float = 60.0, ech
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError as e:
-        raise ScreenshotError("the Python package `playwright` is missing: `.venv/bin/pip install -e '.[dev]'` "
+        raise BrowserMissing("the Python package `playwright` is missing: `.venv/bin/pip install -e '.[dev]'` "
                               "(never `playwright install`: we drive the system Chromium)") from e
     chromium = find_chromium()
     out = Path(out_dir)

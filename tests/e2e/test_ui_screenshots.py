@@ -163,13 +163,13 @@ def test_unanswering_ui_is_a_clear_error(tmp_path):
 
 
 def test_missing_chromium_names_the_package(tmp_path, monkeypatch):
-    from nsarm.screenshots import ScreenshotError, find_chromium
+    from nsarm.screenshots import BrowserMissing, find_chromium
 
     monkeypatch.setenv("NSARM_CHROMIUM", str(tmp_path / "no-such-browser"))
-    with pytest.raises(ScreenshotError, match="apt-get install -y chromium"):
+    with pytest.raises(BrowserMissing, match="no-such-browser is not a file.*apt-get install -y chromium"):
         find_chromium()
     monkeypatch.delenv("NSARM_CHROMIUM")
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ScreenshotError, match="no Chromium found on PATH.*apt-get install -y chromium"):
+    with pytest.raises(BrowserMissing, match="no Chromium found on PATH.*apt-get install -y chromium"):
         find_chromium()
     assert shutil.which("chromium") is None
