@@ -4,6 +4,7 @@ serves the two Prefect deployments — all on 127.0.0.1, all under one state dir
     nsarm stack up        # start what is not running, wait for every health endpoint, print the URLs
     nsarm stack status    # one line per service
     nsarm stack down      # stop (only) the processes this stack started, by PID / process group
+    nsarm stack add-node [--name N] [--num-cpus C] [--resources JSON] | remove-node N   (nsarm/stack_nodes.py)
 
 Configuration (env vars; CLI flags override): NSARM_STATE_DIR (default ./.nsarm), NSARM_PREFECT_PORT (4200),
 NSARM_MLFLOW_PORT (5000), NSARM_RAY_PORT (6379), NSARM_RAY_DASHBOARD_PORT (8265), NSARM_RAY_CPUS (all cores).
@@ -123,6 +124,12 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
 def services(cfg: StackConfig) -> list[Service]:
     """The stack, in start order. The deployment server comes last: it needs the Prefect API."""
     state = cfg.state_dir
@@ -134,6 +141,8 @@ def services(cfg: StackConfig) -> list[Service]:
     ray_cmd = [_bin("ray"), "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(cfg.ray_port),
                "--dashboard-host", HOST, "--dashboard-port", str(cfg.ray_dashboard_port), "--include-dashboard", "true",
                "--ray-client-server-port", str(cfg.ray_client_port),
+               # Ray's fixed default (52365) would collide with any other Ray head or node on this host
+               "--dashboard-agent-listen-port", str(_free_port()),
                "--temp-dir", str(state / "ray"), "--disable-usage-stats"]
     if cfg.ray_cpus is not None:
         ray_cmd += ["--num-cpus", str(cfg.ray_cpus)]
@@ -383,6 +392,9 @@ def _group_alive(pgid: int) -> bool:
 def down(cfg: StackConfig, echo=print, timeout: float = 35.0) -> dict[str, str]:
     """Stop the services this stack started, by their recorded PID / process group: SIGTERM to all at once (Ray
     drains for a few seconds), wait up to `timeout`, then SIGKILL whatever is left of those groups."""
+    from nsarm.stack_nodes import remove_all_nodes
+
+    remove_all_nodes(cfg, timeout, echo)  # worker nodes first: they would only log errors once the head is gone
     result, running = {}, {}
     for svc in reversed(services(cfg)):
         pid = read_pid(cfg, svc.name)
@@ -436,7 +448,8 @@ def print_urls(cfg: StackConfig, echo=print) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("stack", help="embedded local Prefect + MLflow + Ray stack")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "down", "status", "add-node", "remove-node"])
+    p.add_argument("node", nargs="?", help="remove-node: the node's name")
     p.add_argument("--state-dir", help="default $NSARM_STATE_DIR or ./.nsarm")
     p.add_argument("--prefect-port", type=int)
     p.add_argument("--mlflow-port", type=int)
@@ -445,6 +458,11 @@ def register(sub) -> None:
     p.add_argument("--ray-cpus", type=int)
     p.add_argument("--timeout", type=float, help="seconds to wait for health endpoints (default 120)")
     p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--name", help="add-node: node name (default node2, node3, …)")
+    p.add_argument("--num-cpus", type=int, default=1, help="add-node: CPUs the node offers (default 1)")
+    p.add_argument("--resources", help="add-node: extra custom resources as JSON, e.g. '{\"sim_node_2\": 1}'")
+    p.add_argument("--grace", type=float, default=35.0,
+                   help="remove-node: seconds between SIGTERM and SIGKILL (0: kill at once, like a crash)")
     p.set_defaults(func=_cli)
 
 
@@ -452,6 +470,10 @@ def _cli(args) -> int:
     cfg = StackConfig.from_env(state_dir=args.state_dir, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
                                ray_port=args.ray_port, ray_dashboard_port=args.ray_dashboard_port,
                                ray_cpus=args.ray_cpus, health_timeout_s=args.timeout)
+    if args.action in ("add-node", "remove-node"):
+        from nsarm.stack_nodes import node_cli
+
+        return node_cli(cfg, args)
     if args.action == "up":
         try:
             up(cfg)
@@ -462,11 +484,17 @@ def _cli(args) -> int:
     elif args.action == "down":
         down(cfg)
     else:
-        report = status(cfg)
+        from nsarm.stack_nodes import node_status
+
+        report, nodes = status(cfg), node_status(cfg)
         if args.json:
-            print(json.dumps(report, indent=2))
+            print(json.dumps({**report, "nodes": nodes} if nodes else report, indent=2))
         else:
             for name, r in report.items():
                 print(f"{name:12s} {r['state']:10s} pid={r['pid'] or '-':<8} {r['url']}")
+            for name, r in nodes.items():
+                print(f"node {name:7s} {r['state']:10s} pid={r['pid'] or '-':<8} {r['num_cpus']} CPU "
+                      f"{json.dumps(r['resources'])}")
         return 0 if all(r["state"] in ("running", "external") for r in report.values()) else 3
     return 0
+
