@@ -142,6 +142,10 @@ class StageModule(nn.Module):
             out = stage1_loss(self.map_transformer, z_lr, z_hr, vae_grids, opts.k_t, opts.down, opts.up)
         else:
             out = stage2_loss(self.transformer, self.map_transformer, z_lr, z_hr, text, grids, patch, opts, generator)
+            # Every rank gives every trained parameter a gradient (0 here when no caption was dropped): FSDP
+            # reduce-scatters only parameters that have one, so a rank without a dropped caption would send a smaller
+            # buffer than one with (gloo: "Received data size doesn't match expected size"). DDP gets the same zeros.
+            return out.loss + 0.0 * self.transformer.cfg_uncond.sum(), out.stats
         return out.loss, out.stats
 
 
@@ -274,8 +278,10 @@ def train_stage(cfg: TrainConfig, root: str, ctx: Context, tracker: Tracker | No
     caption_cache = _caption_cache(options.caption_cache, text_encoder)
     dataset_id = hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:8] + "-" + versions.deg_hash
     latents = LatentCache(options.latent_cache, model.tokenizer, dataset_id)
-    bf16 = cfg.bf16 and device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cfg.strategy == "ddp" else nullcontext()
+    # DDP autocasts on CUDA only (CPU trains fp32). FSDP gathers the blocks in bf16 whenever cfg.bf16, on any device
+    # (fsdp.py), so its forward autocasts too: the model keeps its residual stream and its head in fp32.
+    bf16 = cfg.bf16 and (device.type == "cuda" or cfg.strategy == "fsdp")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     tokens_per_sample = schedule.num_tokens
     summary: dict = {"resumed_from_step": step, "start_step": step, "versions": vars(versions)}
     stage_module.train()
@@ -307,10 +313,11 @@ def train_stage(cfg: TrainConfig, root: str, ctx: Context, tracker: Tracker | No
                        "train/grad_norm": grad_norm, "train/epoch": stream.epoch,
                        "perf/samples_per_s_per_worker": samples / dt,
                        "perf/tokens_per_s_per_worker": samples * tokens_per_sample / dt, "step": step}
-            _log_keys(options.hooks, rank, step, keys)
+            _log_keys(options.hooks, rank, step, keys, stats_acc.get("loss"))
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
                 tracker.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
-            if rank == 0 and cfg.image_every and step % cfg.image_every == 0:
+            # no grids under FSDP: a rank-0-only forward through sharded blocks would wait forever for the others
+            if rank == 0 and cfg.image_every and step % cfg.image_every == 0 and cfg.strategy == "ddp":
                 tracker.image(preview_grid(model, batch, cfg.stage, text_encoder), f"samples/step_{step:06d}.png")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(cfg, ctx, metrics, step, stage_module, trained, optimizer, scheduler, stream, generator)
@@ -439,14 +446,15 @@ def preview_grid(model: NSARMModel, batch, stage: int, text_encoder=None, n: int
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def _log_keys(hooks: dict, rank: int, step: int, keys: list[str]) -> None:
-    """Test hook: append the sample keys of each step to a per-rank JSONL (proves no repeat/skip on resume)."""
+def _log_keys(hooks: dict, rank: int, step: int, keys: list[str], loss: float | None = None) -> None:
+    """Test hook: append the sample keys (and this rank's loss) of each step to a per-rank JSONL (proves no
+    repeat/skip on resume; lets tests compare DDP and FSDP step by step)."""
     path = hooks.get("sample_log")
     if path:
         import json
 
         with open(f"{path}.rank{rank}.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "keys": keys}) + "\n")
+            f.write(json.dumps({"step": step, "keys": keys, "loss": loss}) + "\n")
 
 
 def _maybe_fail(hooks: dict, rank: int, step: int) -> None:
