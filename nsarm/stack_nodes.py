@@ -113,17 +113,17 @@ def add_node(cfg: StackConfig, name: str | None = None, num_cpus: int = 1, resou
         StackError: the stack's Ray head is external or not running, the name is invalid or taken, or the node did
             not join within `wait_s` (with the tail of its log).
     """
+    name = name or _next_name(cfg)
+    if not _NAME_RE.match(name):
+        raise StackError(f"node name {name!r} is invalid: use letters, digits, '_' or '-' (at most 41 characters)")
+    if num_cpus < 0:
+        raise StackError(f"--num-cpus must be >= 0, got {num_cpus}")
     if cfg.ray_address:
         raise StackError(f"add-node joins nodes to the stack's own Ray head; RAY_ADDRESS={cfg.ray_address} is external")
     if read_pid(cfg, "ray") is None:
         raise StackError(f"the stack's Ray head is not running (state dir {cfg.state_dir}); run `nsarm stack up` first")
-    name = name or _next_name(cfg)
-    if not _NAME_RE.match(name):
-        raise StackError(f"node name {name!r} is invalid: use letters, digits, '_' or '-' (at most 41 characters)")
     if read_pid(cfg, _node_file_name(name)):
         raise StackError(f"node {name!r} is already running (pid {read_pid(cfg, _node_file_name(name))})")
-    if num_cpus < 0:
-        raise StackError(f"--num-cpus must be >= 0, got {num_cpus}")
     res = {**(resources or {}), node_resource(name): 1.0}
     svc = Service(_node_file_name(name), node_command(cfg, num_cpus, res), None, (),
                   {"RAY_USAGE_STATS_ENABLED": "0", **cfg.ray_auth_env()})
