@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,9 +100,12 @@ class MlflowServer:
 @pytest.fixture(scope="module")
 def mlflow_postgres_s3(postgres_server, moto_s3, tmp_path_factory):
     """infra/mlflow/start-mlflow.sh with a fresh PostgreSQL database and a moto S3 bucket as artifact store."""
+    import uuid
+
     import boto3
 
-    db, bucket, prefix = "mlflow", "nsarm-mlflow-recipe", "mlflow-artifacts"
+    # a fresh bucket per module: the moto server is shared by the session, and other modules use this fixture too
+    db, bucket, prefix = "mlflow", f"nsarm-mlflow-{uuid.uuid4().hex[:8]}", "mlflow-artifacts"
     conn = postgres_server.connect()
     try:  # not `with conn:` — psycopg2 ≥ 2.9 opens a transaction there, and CREATE DATABASE refuses to run in one
         conn.cursor().execute(f"CREATE DATABASE {db}")
@@ -135,3 +139,59 @@ def mlflow_postgres_s3(postgres_server, moto_s3, tmp_path_factory):
         stop_group(proc)
 
 
+
+
+@dataclass(frozen=True)
+class MultiNodeStack:
+    cfg: object           # nsarm.stack.StackConfig of the embedded stack (head: 1 CPU)
+    mlflow: MlflowServer  # the PostgreSQL + S3 tracking server the stack uses (external to it)
+    node: str             # the second node's name (1 CPU, resources {NODE_RESOURCE: 1, nsarm_node_<node>: 1})
+    sample_log: Path      # NSARM_TRAIN_SAMPLE_LOG of the deployments server: <path>.rank<r>.jsonl per training rank
+
+
+NODE_RESOURCE = "sim_node_2"
+
+
+def _stack_groups(cfg) -> set[int]:
+    """Every live process of the stack's services and extra nodes (their process groups)."""
+    from nsarm import stack, stack_nodes
+
+    names = ["prefect", "mlflow", "ray", "deployments"] + [f"{stack_nodes.NODE_PREFIX}{n}"
+                                                           for n in stack_nodes.node_names(cfg)]
+    groups = {pid for name in names if (pid := stack.read_pid(cfg, name))}
+    return set().union(*(stack.group_members(g) for g in groups))
+
+
+@pytest.fixture(scope="module")
+def multinode_stack(mlflow_postgres_s3):
+    """Two Ray nodes on this machine: `nsarm stack up` (Prefect, Ray head with 1 CPU, the deployments server) with
+    MLflow on PostgreSQL + moto S3, then `add_node` joins a second 1-CPU node with its own resource. On teardown
+    the stack goes down and the fixture fails if any process of it (nodes included) survives."""
+    from nsarm import stack, stack_nodes
+
+    # a short path: Ray's unix sockets live under <state>/ray/session_<timestamp>/sockets (AF_UNIX limit 107 bytes)
+    state = Path(tempfile.mkdtemp(prefix="nsarm-mn-"))
+    cfg = stack.StackConfig(state_dir=state, prefect_port=free_port(), ray_port=free_port(),
+                            ray_dashboard_port=free_port(), ray_client_port=free_port(), ray_cpus=1,
+                            mlflow_tracking_uri=mlflow_postgres_s3.uri, health_timeout_s=180)
+    sample_log = state / "samples"
+    pids: set[int] = set()
+    with pytest.MonkeyPatch.context() as mp:
+        # the stack's processes inherit this environment: no outside services, the training sample-log hook on
+        for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+            mp.delenv(k, raising=False)
+        mp.setenv("NSARM_TRAIN_SAMPLE_LOG", str(sample_log))
+        try:
+            stack.up(cfg, echo=lambda *_: None)
+            node = stack_nodes.add_node(cfg, "node2", num_cpus=1, resources={NODE_RESOURCE: 1}, echo=lambda *_: None)
+            pids = _stack_groups(cfg)
+            yield MultiNodeStack(cfg=cfg, mlflow=mlflow_postgres_s3, node=node["name"], sample_log=sample_log)
+        finally:
+            pids |= _stack_groups(cfg)
+            # 10 s, not Ray's 30 s drain: nothing of this throw-away cluster needs a graceful exit
+            stack.down(cfg, echo=lambda *_: None, timeout=10)
+            time.sleep(1)
+            leftover = [p for p in pids if stack._alive(p)]
+            if not leftover:
+                shutil.rmtree(state, ignore_errors=True)
+            assert not leftover, f"multi-node stack processes still alive after down: {leftover}"
