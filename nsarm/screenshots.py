@@ -1,7 +1,7 @@
 """Headless-browser screenshots of the embedded stack's three UIs: the Prefect deployments and flow-runs pages, the
 MLflow registry page of model `nsarm` and the Ray dashboard's Jobs page — as PNGs plus the text each page showed.
 
-    nsarm screenshots --out DIR         # the stack of $NSARM_STATE_DIR / the default ports (same flags as `stack`)
+    nsarm screenshots --out DIR         # the stack of $NSARM_STATE_DIR and the default ports (or --state-dir, --*-port)
 
 The browser is Chromium from the distribution (`apt-get install chromium`), driven by Playwright's Python driver
 (PyPI `playwright`; its browser downloads are never used: we launch the system binary). Each page is loaded, then we
