@@ -11,6 +11,12 @@ Each worker runs `nsarm.train.loop.train_stage` with a `RayContext`: checkpoints
 to `{storage_path}/{name}/checkpoint_*` (a local path or s3://); after a worker dies Ray restarts the group and
 `ray.train.get_checkpoint()` hands the last checkpoint back; rerunning with the same run name resumes the same way.
 
+S3 storage (`storage_path="s3://bucket/runs"`, also for MinIO/Ceph/moto): the driver resolves the pyarrow
+filesystem with its own $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL and hands it to Ray (`storage_filesystem`), and
+passes those variables and the region on to the workers (their export goes through fsspec/s3fs); credentials
+are each process's own AWS chain, or `worker_env={"AWS_ACCESS_KEY_ID": …, "AWS_SECRET_ACCESS_KEY": …}` for a
+cluster whose nodes have none (they then also travel inside the pickled storage filesystem).
+
 MLflow (when a tracking URI is given or $MLFLOW_TRACKING_URI is set): the driver creates one run per stage (its
 id is stored beside the checkpoints, so a rerun continues the same run), logs every config as params and the
 dataset manifest as lineage; rank 0 logs losses/lr/throughput per step, system metrics and LR|SR|HR grids; at the
@@ -121,6 +127,40 @@ def _write_text(url: str, text: str) -> None:
     fs.pipe_file(path, text.encode())
 
 
+# Non-secret S3 settings of the driver that every Ray Train worker gets too (set in its runtime env).
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+def storage_filesystem(storage: str, credentials: dict[str, str] | None = None):
+    """(pyarrow filesystem, path) for a remote `storage` URI, resolved HERE, in the driver; (None, path) locally.
+
+    pyarrow reads the endpoint from $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL (MinIO, Ceph, moto) and the region from
+    the AWS variables; handing Ray the resolved filesystem (it pickles the endpoint, not the credentials) makes the
+    driver's setting hold in the Train controller and every worker, whatever their own environment says.
+    Credentials come from each process's default AWS chain (env, ~/.aws, instance role), unless `credentials`
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN]) are given: then they travel inside the pickled
+    filesystem, for clusters whose nodes have none."""
+    if "://" not in storage or storage.startswith("file://"):
+        return None, storage.removeprefix("file://")
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+    creds = credentials or {}
+    if isinstance(fs, pyarrow.fs.S3FileSystem) and creds.get("AWS_ACCESS_KEY_ID"):
+        opts = fs.__reduce__()[1][0]  # the resolved options (endpoint, region, scheme, …) as constructor kwargs
+        fs = pyarrow.fs.S3FileSystem(
+            access_key=creds["AWS_ACCESS_KEY_ID"], secret_key=creds.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=creds.get("AWS_SESSION_TOKEN"), region=opts["region"] or None, scheme=opts["scheme"],
+            endpoint_override=opts["endpoint_override"] or None,
+            force_virtual_addressing=opts["force_virtual_addressing"])
+    return fs, path
+
+
+def _worker_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
+    return {**env, **(extra or {})}
+
+
 def _hooks_from_env(name: str) -> dict:
     hooks = {}
     if os.environ.get("NSARM_TRAIN_FAIL_AT_STEP"):
@@ -183,7 +223,8 @@ def register_export(export: dict, run_id: str, stage: int, tracking_uri: str | N
 def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int | None = None,
               use_gpu: bool | None = None, *, storage_path: str | None = None, run_name: str | None = None,
               overrides: dict | None = None, init_from: str | None = None, max_failures: int = 2,
-              tracking_uri: str | None = None, register: bool = True, system_metrics: bool = True) -> dict:
+              tracking_uri: str | None = None, register: bool = True, system_metrics: bool = True,
+              worker_env: dict[str, str] | None = None) -> dict:
     """Train one stage with Ray Train (resuming the run `run_name` when it has checkpoints); see module docstring.
 
     Args:
@@ -195,6 +236,9 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
         overrides: TrainConfig field overrides (e.g. {"steps": 40}).
         init_from: stage 2: the stage-1 export directory (our format).
         tracking_uri: MLflow server; default $MLFLOW_TRACKING_URI; with neither, nothing is tracked.
+        worker_env: extra environment variables of every worker, e.g. S3 credentials for nodes that have none
+            (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY here also go into the checkpoint storage filesystem that the
+            Train controller uses); the driver's $AWS_ENDPOINT_URL[_S3] / $AWS_[DEFAULT_]REGION are passed on always.
     """
     import ray
     import ray.train
@@ -212,8 +256,9 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
     storage = (storage_path or default_storage(root)).rstrip("/")
     name = run_name or f"nsarm-{preset}-{dataset_version(root)}-stage{stage}"
     run_dir = f"{storage}/{name}"
-    if "://" not in storage:
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    storage_fs, storage_path_in_fs = storage_filesystem(storage, worker_env)
+    if storage_fs is None:
+        Path(storage_path_in_fs).mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     run_id = _start_tracking(cfg, scaling, root, run_dir, name, preset, tracking_uri) if tracking_uri else None
     cache = _local_cache_dir(storage, name)
@@ -231,7 +276,8 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
                                                resources_per_worker=scaling.resources_per_worker()),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage_path_in_fs, storage_filesystem=storage_fs,
+            worker_runtime_env={"env_vars": _worker_env(worker_env)},
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
@@ -239,11 +285,22 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training stage {stage} ({name}) failed: {result.error}") from result.error
+    # the workers rewrote the export: drop what this process's (shared, cached) fsspec filesystem remembers of it
+    fsspec.core.url_to_fs(export_uri)[0].invalidate_cache()
     export = read_export_info(export_uri)
     out = {"stage": stage, "preset": preset, "run_name": name, "storage_path": storage, "run_dir": run_dir,
-           "checkpoint": result.checkpoint.path if result.checkpoint else None, "export": export,
+           "checkpoint": _checkpoint_uri(storage, result.checkpoint), "export": export,
            "metrics": dict(result.metrics or {}), "mlflow_run_id": run_id, "model_version": None,
            "tracking_uri": tracking_uri}
     if run_id and register:
         out["model_version"] = register_export(export, run_id, stage, tracking_uri)
     return out
+
+
+def _checkpoint_uri(storage: str, checkpoint) -> str | None:
+    """The last checkpoint as a URI (Ray gives a path inside its storage filesystem: 'bucket/runs/…' for S3)."""
+    if checkpoint is None:
+        return None
+    if "://" in storage and not storage.startswith("file://"):
+        return f"{storage.split('://', 1)[0]}://{checkpoint.path.lstrip('/')}"
+    return checkpoint.path
