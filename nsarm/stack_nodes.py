@@ -6,8 +6,8 @@
 
 Each node is `ray start --address <head GCS> --block` (one process group owned by one PID, like the head) with the
 stack's token environment, its own PID file (`pids/node-NAME.pid`) and log (`logs/node-NAME.log`) under the state
-dir, and every listening port chosen free so two raylets can share 127.0.0.1. Ray gives every node on this host the
-same `node:127.0.0.1` resource, so each node also gets `nsarm_node_NAME: 1`, a resource only it has: work can be
+dir, and every listening port chosen free so several raylets can share one host. Ray gives every node on this host
+the same `node:<ip>` resource, so each node also gets `nsarm_node_NAME: 1`, a resource only it has: work can be
 pinned to a node by name, and a node can be recognised in Ray's state API by its resources.
 
 `remove-node` is also the "a node dies" hook of the fault-tolerance tests: `--grace 0` is a SIGKILL of the whole
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 import time
 
 from nsarm.stack import (
@@ -240,8 +241,6 @@ def node_status(cfg: StackConfig) -> dict[str, dict]:
 
 def node_cli(cfg: StackConfig, args) -> int:
     """`nsarm stack add-node|remove-node` (argparse namespace from nsarm.stack.register)."""
-    import sys
-
     try:
         if args.action == "add-node":
             if args.node:
