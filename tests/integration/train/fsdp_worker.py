@@ -1,13 +1,12 @@
 """One rank of a 2-process gloo group for the FSDP tests (launched by test_fsdp_ray.py, one process per rank).
 
-    python fsdp_worker.py load RANK INIT_FILE CKPT_DIR OUT      # fresh sharded tiny stage-2 module ← DCP checkpoint
-    python fsdp_worker.py bf16 RANK INIT_FILE LOSSES_JSON       # bf16 FSDP steps on one fixed batch of real latents
+    python fsdp_worker.py RANK INIT_FILE CKPT_DIR OUT     # both checks below, one process start per rank
 
-`load`: the module is built with another seed than the trained one (its weights differ before loading), sharded
+Load: the module is built with another seed than the trained one (its weights differ before loading), sharded
 exactly like the loop does, then `load_sharded` restores model + optimiser; rank 0 saves the full (gathered)
 model state dict and the full optimiser state to OUT for the test to compare.
-`bf16`: FSDP with bf16 blocks, activation checkpointing and the loop's autocast, 5 AdamW steps on one batch; each
-rank writes its losses and the dtypes its blocks ran with to LOSSES_JSON.rank{r}.
+bf16: FSDP with bf16 blocks, activation checkpointing and the loop's autocast, 3 AdamW steps on one fixed batch;
+each rank writes its losses and the dtypes its blocks ran with to OUT.bf16.rank{r}.
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ def bf16_steps(out: str) -> None:
     block = next(m for m in module.modules() if isinstance(m, CrossAttnBlock))
     block.register_forward_pre_hook(lambda m, args: seen.add(str(m.ffn.fc1.weight.dtype)))
     losses = []
-    for _ in range(5):
+    for _ in range(3):
         with torch.autocast("cpu", dtype=torch.bfloat16):  # what loop.py does for FSDP with cfg.bf16
             loss, _ = module(z_lr, z_hr, text, list(sched.grids), 2, opts, torch.Generator().manual_seed(0))
         loss.backward()
@@ -80,10 +79,11 @@ def bf16_steps(out: str) -> None:
 
 
 if __name__ == "__main__":
-    mode, rank, init_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    rank, init_file, ckpt_dir, out_file = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        load(sys.argv[4], sys.argv[5]) if mode == "load" else bf16_steps(sys.argv[4])
+        load(ckpt_dir, out_file)
+        bf16_steps(out_file + ".bf16")
     finally:
         dist.destroy_process_group()
