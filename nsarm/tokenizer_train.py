@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from nsarm.config import TOKENIZER_PRESETS
@@ -33,6 +35,7 @@ from nsarm.scales import schedule_for
 from nsarm.tokenizer import Tokenizer, build_tokenizer, save_tokenizer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+GREY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 luma, as PIL's convert("L")
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,13 @@ class TokenizerTrainConfig:
     crop: int = 64  # training crop side (fully convolutional: the model is used at 64² LR and 256² HR)
     short_side: tuple[int, int] = (96, 320)  # photos are rescaled so their short side is in this range, then cropped
     lr: float = 2e-3  # Adam; betas as the official VAE trainer (0.9, 0.95)
+    warmup_steps: int = 0  # linear lr warm-up, then cosine decay to final_lr_frac · lr
+    final_lr_frac: float = 0.1
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     commit_weight: float = 0.25  # official commitment_loss_weight
+    grey_prob: float = 0.0  # share of training crops turned grey (Y in all three channels): grey photos exist
+    zero_init_residual: bool = False  # zero the last conv of every ResnetBlock (fresh models only): see _zero_init
     eval_size: int = 128  # held-out reconstruction is measured on centre crops resized to this side
     seed: int = 0
     max_seconds: float | None = None  # stop early when this wall-clock budget is spent
@@ -90,6 +97,26 @@ def _centre_square(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[:, top : top + size, left : left + size]
 
 
+def _zero_init(tok: Tokenizer) -> None:
+    """Zero the second conv of every ResnetBlock, so each block starts as its shortcut ("zero-γ" init, Goyal et
+    al. 2017; Fixup). The fresh encoder/decoder then start as a shallow stack of the stride/up-sampling convs and
+    the residual branches grow from zero: on a CPU budget of a few hundred steps this trains much faster."""
+    from nsarm.tokenizer import ResnetBlock
+
+    for m in tok.modules():
+        if isinstance(m, ResnetBlock):
+            nn.init.zeros_(m.conv2.conv.weight)
+            nn.init.zeros_(m.conv2.conv.bias)
+
+
+def _lr_factor(cfg: TokenizerTrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to final_lr_frac: short runs still end with small steps."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    return cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def _random_batch(images: list[torch.Tensor], cfg: TokenizerTrainConfig, g: torch.Generator) -> torch.Tensor:
     crops = []
     for _ in range(cfg.batch_size):
@@ -102,6 +129,8 @@ def _random_batch(images: list[torch.Tensor], cfg: TokenizerTrainConfig, g: torc
         crop = img[:, top : top + cfg.crop, left : left + cfg.crop]
         if torch.rand((), generator=g) < 0.5:
             crop = crop.flip(-1)
+        if cfg.grey_prob and torch.rand((), generator=g) < cfg.grey_prob:
+            crop = (GREY_WEIGHTS.view(3, 1, 1) * crop).sum(0, keepdim=True).expand(3, -1, -1)
         crops.append(crop)
     return torch.stack(crops)
 
@@ -136,7 +165,10 @@ def train_tokenizer(
     `mse_init` / `mse_final` (reconstruction_mse at cfg.eval_size) and their ratio `reduction`.
     """
     torch.manual_seed(cfg.seed)  # parameter init of a fresh model
-    tok = tok or build_tokenizer(cfg.preset)
+    if tok is None:
+        tok = build_tokenizer(cfg.preset)
+        if cfg.zero_init_residual:
+            _zero_init(tok)
     g = torch.Generator().manual_seed(cfg.seed)
     f = tok.cfg.downsample
     if cfg.crop % f:
@@ -146,10 +178,7 @@ def train_tokenizer(
     if held_out:
         stats["mse_init"] = reconstruction_mse(tok, held_out, cfg.eval_size, cfg.preset)
     opt = torch.optim.Adam(tok.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
-    # Cosine decay to 10 %: short runs still end with small steps, which matters for the final reconstruction.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.45 * (1 + torch.cos(torch.tensor(s / max(cfg.steps, 1) * torch.pi)).item())
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s))
     tok.train()
     t0 = time.monotonic()
     for step in range(cfg.steps):
