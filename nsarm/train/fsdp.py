@@ -9,7 +9,7 @@ Units: every transformer `CrossAttnBlock` and every per-scale encoder of the tra
 unit (its parameters are gathered just for its forward/backward), the rest (embeddings, head, text projection,
 conv feature extractors) belongs to the root unit. Mixed precision (cfg.bf16): the blocks' parameters are gathered
 in bf16 and the forward runs under bf16 autocast (loop.py), gradients are reduced in fp32; the root unit and the
-affine LayerNorms stay fp32 (the model keeps its residual stream and logits in fp32); the optimiser holds fp32
+affine LayerNorms inside blocks (then units of their own) stay fp32 (the model keeps its residual stream and logits in fp32); the optimiser holds fp32
 master weights (FSDP2 keeps the sharded parameters in fp32). Activation checkpointing recomputes each block in the
 backward pass (10521 tokens per 1024² sample at 8B).
 
@@ -50,13 +50,16 @@ def shard_stage_module(module: nn.Module, cfg) -> nn.Module:
     blocks = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
                                   reduce_dtype=torch.float32)
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    # Affine LayerNorms normalise the fp32 residual stream: their own fp32 units (a few KB each), because CPU
-    # layer_norm rejects bf16 weights on an fp32 input ("mixed dtype (CPU): expect parameter to have scalar type
-    # of Float"); CUDA autocast would upcast them anyway.
-    for m in module.modules():
-        if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
-            fully_shard(m, mp_policy=fp32)
-    for unit in _units(module):
+    units = _units(module)
+    if cfg.bf16:
+        # Affine LayerNorms inside bf16 blocks normalise the fp32 residual stream: their own fp32 units (a few KB
+        # each), because CPU layer_norm rejects bf16 weights on an fp32 input ("mixed dtype (CPU): expect parameter
+        # to have scalar type of Float"); CUDA autocast would upcast them anyway.
+        for unit in units:
+            for m in unit.modules():
+                if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                    fully_shard(m, mp_policy=fp32)
+    for unit in units:
         fully_shard(unit, mp_policy=blocks)
     # The root unit (embeddings, text projection, head) stays fp32: the head runs with autocast off (fp32 logits).
     fully_shard(module, mp_policy=fp32)
