@@ -148,7 +148,9 @@ def services(cfg: StackConfig) -> list[Service]:
         ray_cmd += ["--num-cpus", str(cfg.ray_cpus)]
     return [
         Service("prefect", [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)],
-                f"http://{HOST}:{cfg.prefect_port}/api/health", (cfg.prefect_port,), base_env,
+                f"http://{HOST}:{cfg.prefect_port}/api/health", (cfg.prefect_port,),
+                # the UI calls the API URL the server advertises (default :4200), also on another port
+                {**base_env, "PREFECT_UI_API_URL": f"http://{HOST}:{cfg.prefect_port}/api"},
                 external=cfg.prefect_api_url),
         Service("mlflow", [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
                            "--artifacts-destination", str(state / "mlartifacts"), "--serve-artifacts",

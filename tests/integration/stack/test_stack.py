@@ -37,6 +37,10 @@ def test_health_endpoints_answer(embedded_stack):
     # every service binds 127.0.0.1 only
     for url in (cfg.prefect_url, cfg.mlflow_url, cfg.ray_dashboard):
         assert "127.0.0.1" in url
+    # The Prefect UI is told to call this stack's API, not the default :4200 (the fixture runs on free ports).
+    assert cfg.prefect_port != 4200
+    ui_settings = requests.get(f"{cfg.prefect_url.removesuffix('/api')}/ui-settings", timeout=5).json()
+    assert ui_settings["api_url"].rstrip("/") == cfg.prefect_url
 
 
 def test_status_reports_every_service_running(embedded_stack):
