@@ -1,4 +1,4 @@
-"""FSDP path of the training loop (2B/8B presets, GPU only): sharding, bf16 mixed precision, activation
+"""FSDP path of the training loop (the 2B/8B presets' stage 2): sharding, bf16 mixed precision, activation
 checkpointing, and sharded checkpoints with torch.distributed.checkpoint (DCP).
 
     module = shard_stage_module(StageModule(model, 2), cfg)      # FSDP2 `fully_shard`: one unit per block
@@ -9,12 +9,18 @@ Units: every transformer `CrossAttnBlock` and every per-scale encoder of the tra
 unit (its parameters are gathered just for its forward/backward), the rest (embeddings, head, text projection,
 conv feature extractors) belongs to the root unit. Mixed precision (cfg.bf16): the blocks' parameters are gathered
 in bf16 and the forward runs under bf16 autocast (loop.py), gradients are reduced in fp32; the root unit and the
-affine LayerNorms inside blocks (then units of their own) stay fp32 (the model keeps its residual stream and logits in fp32); the optimiser holds fp32
-master weights (FSDP2 keeps the sharded parameters in fp32). Activation checkpointing recomputes each block in the
-backward pass (10521 tokens per 1024² sample at 8B).
+affine LayerNorms inside blocks (then units of their own) stay fp32, as the model keeps its residual stream and
+logits in fp32; the optimiser holds fp32 master weights (FSDP2 keeps the sharded parameters in fp32).
+Activation checkpointing recomputes each block in the backward pass (10521 tokens per 1024² sample at 8B).
 
-The same code runs on CPU over gloo (FSDP2 supports it; bf16 included): tests/integration/train/test_fsdp_ray.py
-trains the tiny preset with 2 Ray Train workers; the tests marked `gpu` run it on one CUDA device.
+Collective rules the loop keeps: every rank runs the same forwards (so no rank-0-only LR|SR|HR preview grids
+under FSDP), and every trained parameter gets a gradient on every rank (FSDP reduce-scatters only parameters
+with one; StageModule adds a zero term for the caption-drop embedding). Gradient accumulation reduce-scatters
+every micro step (FSDP2 has no cheap `no_sync`: skipping it would keep unsharded gradients).
+
+The same code runs on CPU over gloo, bf16 included: tests/integration/train/test_fsdp_ray.py trains the tiny
+preset with 2 Ray Train workers (fp32 losses equal DDP's bit for bit); tests/unit/train/test_fsdp.py runs one rank
+on CPU and, marked `gpu`, on one CUDA device.
 """
 
 from __future__ import annotations
