@@ -2,7 +2,7 @@
 
     out = run_stage("/data/nsarm", preset="tiny", stage=1, num_workers=2, use_gpu=False)
     out = run_stage(root, preset="tiny", stage=2, init_from=out["export"]["uri"])
-    # out = {"run_name", "storage_path", "checkpoint", "export": {"uri", "sha256", ...}, "metrics",
+    # out = {"run_name", "storage_path", "checkpoint" (URI), "export": {"uri", "sha256", ...}, "metrics",
     #        "mlflow_run_id", "model_version"}
 
 Ray pieces: `ScalingConfig(num_workers, use_gpu, resources_per_worker)`, `TorchConfig(backend="gloo")` on CPU
@@ -24,7 +24,8 @@ end the driver registers the exported model as a version of `nsarm` (source = a 
 checkpoint URI + sha256) and moves the alias `stage{n}` to it.
 
 Test hooks (driver environment): NSARM_TRAIN_FAIL_AT_STEP=N [NSARM_TRAIN_FAIL_RANK=r] kills that worker right
-after step N, once per call; NSARM_TRAIN_SAMPLE_LOG=path makes every rank append its sample keys per step.
+after step N, once per call; NSARM_TRAIN_SAMPLE_LOG=path makes every rank append its sample keys and loss per
+step.
 """
 
 from __future__ import annotations
