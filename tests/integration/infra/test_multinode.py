@@ -112,16 +112,6 @@ def _rank0_steps(sample_log: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _segments(steps: list[int]) -> list[list[int]]:
-    """Split the step sequence where it goes back (a restart, or the next stage)."""
-    out: list[list[int]] = []
-    for s in steps:
-        if not out or s <= out[-1][-1]:
-            out.append([])
-        out[-1].append(s)
-    return out
-
-
 def _wait_for(what: str, check, timeout: float, interval: float = 1.0, flow=None):
     """Poll `check()` until it returns something; give up early (every ~5 s) if the flow run `flow()` has ended."""
     deadline = time.monotonic() + timeout
@@ -174,20 +164,25 @@ def test_training_spans_both_nodes_and_survives_losing_one(built, multinode_stac
     assert steps_before and max(steps_before) < STAGE1["steps"], "stage 1 finished before the node could be killed"
     _wait_for("the head to mark the node dead", lambda: node not in _node_ids(cfg), timeout=120)
     assert len(ray_state(cfg, "actors", class_name="RayTrainWorker", state="ALIVE")) <= 1
-    killed_at = max(_rank0_steps(multinode_stack.sample_log))
+    # what rank 0 logged before the kill: the group can run no further step until the node is back
+    before_kill = _rank0_steps(multinode_stack.sample_log)
+    killed_at = len(before_kill)
     time.sleep(5)
     assert flow()["state"]["type"] == "RUNNING"
     stack_nodes.add_node(cfg, node, num_cpus=1, resources={NODE_RESOURCE: 1}, echo=lambda *_: None)
     final = wait_flow_run(cfg, run_id, timeout=600)
     assert final["state"]["type"] == "COMPLETED", final["state"].get("message")
 
-    # resumed, not restarted: rank 0's steps run 1..k, then continue after a checkpoint c >= 2, then stage 2 from 1
-    first, resumed, stage2 = _segments(_rank0_steps(multinode_stack.sample_log))
-    assert first == list(range(1, len(first) + 1)) and killed_at == first[-1]
+    # resumed, not restarted: rank 0 logged stage 1's steps 1..k before the kill, then the restarted group went on
+    # from the registered checkpoint c (2 <= c <= k; steps c+1..k are redone, none skipped), then stage 2 from 1
+    steps = _rank0_steps(multinode_stack.sample_log)
+    stage1, stage2 = steps[:-STAGE2["steps"]], steps[-STAGE2["steps"]:]
+    assert before_kill == list(range(1, killed_at + 1)) and stage1[:killed_at] == before_kill
+    resumed = stage1[killed_at:]
     c = resumed[0] - 1
-    assert c >= STAGE1["checkpoint_every"] and c % STAGE1["checkpoint_every"] == 0 and c <= first[-1]
-    assert resumed == list(range(c + 1, STAGE1["steps"] + 1))
-    assert stage2 == list(range(1, STAGE2["steps"] + 1))
+    assert c >= STAGE1["checkpoint_every"] and c % STAGE1["checkpoint_every"] == 0 and c <= killed_at, steps
+    assert resumed == list(range(c + 1, STAGE1["steps"] + 1)), steps
+    assert stage2 == list(range(1, STAGE2["steps"] + 1)), steps
     print(f"stage 1: node killed after step {killed_at}, resumed from checkpoint step {c}; workers first on "
           f"{sorted(w['node_id'][:8] for w in workers)}")
     # the restarted group went to the head and the returned node (a new node id)
