@@ -49,7 +49,7 @@ class TrainConfig:
     reweight_by_scale: bool = True  # token weight ∝ √(h_K w_K / (h w)), normalised (reweight_loss_by_scale=1)
     # -- parallelism / precision
     strategy: str = "ddp"  # 'ddp' for small presets, 'fsdp' (blocks as units) for 2B/8B
-    bf16: bool = True  # autocast bf16 on CUDA (CPU always fp32)
+    bf16: bool = True  # DDP: autocast bf16 on CUDA (CPU fp32); FSDP: bf16 blocks + autocast on any device
     activation_checkpointing: bool = False  # per transformer block (FSDP presets)
     # -- initialisation (paths; None = fresh seeded init, the tiny preset)
     tokenizer_path: str | None = None  # frozen BSQ-VAE weights (official .pth or our .safetensors)

@@ -316,9 +316,21 @@ def train_stage(cfg: TrainConfig, root: str, ctx: Context, tracker: Tracker | No
             _log_keys(options.hooks, rank, step, keys, stats_acc.get("loss"))
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
                 tracker.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
-            # no grids under FSDP: a rank-0-only forward through sharded blocks would wait forever for the others
-            if rank == 0 and cfg.image_every and step % cfg.image_every == 0 and cfg.strategy == "ddp":
-                tracker.image(preview_grid(model, batch, cfg.stage, text_encoder), f"samples/step_{step:06d}.png")
+            if cfg.image_every and step % cfg.image_every == 0 and (rank == 0 or cfg.strategy == "fsdp"):
+                # Under FSDP the sampling forward is collective (sharded blocks are all-gathered), so every rank
+                # draws its grid in lockstep (same scales, same tiles) under the training autocast; rank 0 logs it.
+                # The grid calls submodules directly, not through the root's forward: gather the root unit's own
+                # parameters (conv extractors, embeddings, head) first; the block units gather themselves.
+                if cfg.strategy == "fsdp":
+                    stage_module.unshard()
+                try:
+                    with amp if cfg.strategy == "fsdp" else nullcontext():
+                        grid = preview_grid(model, batch, cfg.stage, text_encoder)
+                finally:
+                    if cfg.strategy == "fsdp":
+                        stage_module.reshard()
+                if rank == 0:
+                    tracker.image(grid, f"samples/step_{step:06d}.png")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(cfg, ctx, metrics, step, stage_module, trained, optimizer, scheduler, stream, generator)
             _maybe_fail(options.hooks, rank, step)

@@ -38,7 +38,9 @@ def _two_ranks(tmp_path, *args: str) -> None:
         assert p.returncode == 0, f"rank {r} failed:\n{out[-4000:]}"
 
 
-def test_fsdp_matches_ddp_resumes_and_exports(ray_local, train_root, run_storage, tmp_path, monkeypatch):
+def test_fsdp_matches_ddp_resumes_and_exports(ray_local, train_root, run_storage, mlflow_server, tmp_path,
+                                              monkeypatch):
+    from nsarm import tracking
     from nsarm.checkpoints import load_checkpoint
     from nsarm.train import state as st
     from nsarm.train.ray_trainer import run_stage
@@ -51,9 +53,12 @@ def test_fsdp_matches_ddp_resumes_and_exports(ray_local, train_root, run_storage
     monkeypatch.setenv("NSARM_TRAIN_SAMPLE_LOG", str(tmp_path / "fsdp"))
     monkeypatch.setenv("NSARM_TRAIN_FAIL_AT_STEP", "3")
     monkeypatch.setenv("NSARM_TRAIN_FAIL_RANK", "1")
-    fsdp_over = {**over, "strategy": "fsdp", "bf16": False, "activation_checkpointing": True}
-    out = run_stage(root, "tiny", 2, 2, False, storage_path=run_storage, run_name="fsdp-fp32", overrides=fsdp_over)
+    # the sample grid at the last step is a collective forward under FSDP: all ranks draw it, rank 0 logs it
+    fsdp_over = {**over, "strategy": "fsdp", "bf16": False, "activation_checkpointing": True, "image_every": 4}
+    out = run_stage(root, "tiny", 2, 2, False, storage_path=run_storage, run_name="fsdp-fp32", overrides=fsdp_over,
+                    tracking_uri=mlflow_server, register=False)
     assert out["metrics"]["step"] == 4
+    assert "samples/step_000004.png" in tracking.list_artifacts(out["mlflow_run_id"], tracking_uri=mlflow_server)
 
     ddp, fsdp = _records(tmp_path / "ddp"), _records(tmp_path / "fsdp")
     for r in range(2):
