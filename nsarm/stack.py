@@ -391,29 +391,40 @@ def _group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
+def _group_running(pid: int) -> bool:
+    return _group_alive(pid) or _alive(pid)
+
+
+def stop_groups(pids: dict[str, int | None], grace_s: float) -> dict[str, str]:
+    """Stop process groups by their leader PID: SIGTERM to all at once, wait up to `grace_s` for them to go (0: no
+    SIGTERM, a crash), SIGKILL whatever is left and wait for it. {name: "stopped" | "killed" | "not running"}."""
+    running = {name: pid for name, pid in pids.items() if pid is not None}
+    if grace_s > 0:
+        for pid in running.values():
+            _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(map(_group_running, running.values())):
+            time.sleep(0.2)
+    result = {name: "not running" for name, pid in pids.items() if pid is None}
+    for name, pid in running.items():
+        result[name] = "stopped"
+        if _group_running(pid):
+            _signal_group(pid, signal.SIGKILL)
+            result[name] = "killed"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_group_running(running[n]) for n, r in result.items() if r == "killed"):
+        time.sleep(0.1)
+    return result
+
+
 def down(cfg: StackConfig, echo=print, timeout: float = 35.0) -> dict[str, str]:
     """Stop the services this stack started, by their recorded PID / process group: SIGTERM to all at once (Ray
     drains for a few seconds), wait up to `timeout`, then SIGKILL whatever is left of those groups."""
     from nsarm.stack_nodes import remove_all_nodes
 
     remove_all_nodes(cfg, timeout, echo)  # worker nodes first: they would only log errors once the head is gone
-    result, running = {}, {}
-    for svc in reversed(services(cfg)):
-        pid = read_pid(cfg, svc.name)
-        if pid is None:
-            result[svc.name] = "not running"
-        else:
-            running[svc.name] = pid
-            _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while running and time.monotonic() < deadline and any(_group_alive(p) or _alive(p) for p in running.values()):
-        time.sleep(0.2)
-    for name, pid in running.items():
-        if _group_alive(pid) or _alive(pid):
-            _signal_group(pid, signal.SIGKILL)
-            result[name] = "killed (did not stop within timeout)"
-        else:
-            result[name] = "stopped"
+    result = stop_groups({svc.name: read_pid(cfg, svc.name) for svc in reversed(services(cfg))}, timeout)
+    result = {n: "killed (did not stop within timeout)" if r == "killed" else r for n, r in result.items()}
     for svc in reversed(services(cfg)):
         _pid_file(cfg, svc.name).unlink(missing_ok=True)
         echo(f"{svc.name:12s} {result[svc.name]}")

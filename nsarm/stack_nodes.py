@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import sys
 import time
 
@@ -30,13 +29,12 @@ from nsarm.stack import (
     _alive,
     _bin,
     _free_port,
-    _group_alive,
     _log_file,
     _log_tail,
     _pid_file,
-    _signal_group,
     _start,
     read_pid,
+    stop_groups,
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
@@ -136,17 +134,26 @@ def add_node(cfg: StackConfig, name: str | None = None, num_cpus: int = 1, resou
     return {"name": name, "pid": pid, "num_cpus": num_cpus, "resources": res}
 
 
-def alive_nodes(cfg: StackConfig) -> list[dict]:
-    """The head's alive nodes as Ray's state API lists them ({"node_id", "resources_total", "is_head_node", …}),
-    read over the dashboard's REST API with the stack's token (no `ray` import in this layer)."""
+def ray_state(cfg: StackConfig, kind: str, **filters: str) -> list[dict]:
+    """Ray's state API (`/api/v0/{kind}`: nodes, actors, tasks, workers, detailed) over the stack dashboard's REST
+    endpoint with the stack's token (no `ray` import in this layer). `filters` are equality filters."""
+    import urllib.parse
     import urllib.request
 
     headers = {}
     if cfg.ray_token_path.exists():
         headers["Authorization"] = f"Bearer {cfg.ray_token_path.read_text().strip()}"
-    url = f"{cfg.ray_dashboard}/api/v0/nodes?limit=1000&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+    query = [("limit", "10000"), ("detail", "true")]
+    for key, value in filters.items():
+        query += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
+    url = f"{cfg.ray_dashboard}/api/v0/{kind}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
         return json.loads(r.read())["data"]["result"]["result"]
+
+
+def alive_nodes(cfg: StackConfig) -> list[dict]:
+    """The head's alive nodes as Ray's state API lists them ({"node_id", "resources_total", "is_head_node", …})."""
+    return ray_state(cfg, "nodes", state="ALIVE")
 
 
 def node_joined(cfg: StackConfig, name: str) -> bool:
@@ -182,43 +189,16 @@ def remove_node(cfg: StackConfig, name: str, grace_s: float = 35.0, echo=print) 
         raise StackError(f"unknown node {name!r} in {cfg.state_dir}; known nodes: {known or 'none'} "
                          "(the head is managed by `nsarm stack up/down`)")
     fname = _node_file_name(name)
-    pid = read_pid(cfg, fname)
-    if pid is None:
-        result = "not running"
-    else:
-        result = _stop_group(pid, grace_s)
+    result = stop_groups({name: read_pid(cfg, fname)}, grace_s)[name]
     _pid_file(cfg, fname).unlink(missing_ok=True)
     echo(f"node {name}: {result}")
     return result
 
 
-def _stop_group(pid: int, grace_s: float) -> str:
-    if grace_s > 0:
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and (_group_alive(pid) or _alive(pid)):
-            time.sleep(0.2)
-        if not (_group_alive(pid) or _alive(pid)):
-            return "stopped"
-    _signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_group_alive(pid) or _alive(pid)):
-        time.sleep(0.1)
-    return "killed"
-
-
 def remove_all_nodes(cfg: StackConfig, grace_s: float = 35.0, echo=print) -> dict[str, str]:
     """Stop every node of this stack at once (SIGTERM all, one shared grace period, SIGKILL the rest)."""
-    running = {n: read_pid(cfg, _node_file_name(n)) for n in node_names(cfg)}
-    for pid in filter(None, running.values()):
-        _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_group_alive(p) or _alive(p) for p in running.values() if p):
-        time.sleep(0.2)
-    result = {}
-    for name, pid in running.items():
-        result[name] = "not running" if pid is None else _stop_group(pid, 0) if (_group_alive(pid) or _alive(pid)) \
-            else "stopped"
+    result = stop_groups({n: read_pid(cfg, _node_file_name(n)) for n in node_names(cfg)}, grace_s)
+    for name in result:
         _pid_file(cfg, _node_file_name(name)).unlink(missing_ok=True)
         echo(f"node {name:7s} {result[name]}")
     return result
