@@ -123,11 +123,13 @@ def s3_bucket(moto_s3):
     return f"s3://{name}"
 
 
-def _stack_processes(cfg) -> set[int]:
-    """PIDs of every process in the process groups of the stack's recorded services."""
-    from nsarm import stack
+def stack_processes(cfg) -> set[int]:
+    """PIDs of every process in the process groups of the stack's recorded services and extra Ray nodes."""
+    from nsarm import stack, stack_nodes
 
-    groups = {pid for name in ("prefect", "mlflow", "ray", "deployments") if (pid := stack.read_pid(cfg, name))}
+    names = [svc.name for svc in stack.services(cfg)] + [f"{stack_nodes.NODE_PREFIX}{n}"
+                                                          for n in stack_nodes.node_names(cfg)]
+    groups = {pid for name in names if (pid := stack.read_pid(cfg, name))}
     return set().union(*(stack.group_members(g) for g in groups))
 
 
@@ -150,7 +152,7 @@ def embedded_stack(tmp_path_factory):
         stack.up(cfg)
         yield cfg
     finally:
-        pids = _stack_processes(cfg)
+        pids = stack_processes(cfg)
         stack.down(cfg)
         time.sleep(1)
         leftover = [p for p in pids if stack._alive(p)]
@@ -160,27 +162,40 @@ def embedded_stack(tmp_path_factory):
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
-def run_deployment_cli(cfg, name: str, params: dict | None = None, timeout: float = 900) -> dict:
-    """`prefect deployment run NAME -p k=v …` as a user types it, from another process, against the stack `cfg`;
-    then poll the Prefect API until the flow run is terminal. Returns the flow run JSON."""
+def submit_deployment(cfg, name: str, params: dict | None = None) -> str:
+    """`prefect deployment run NAME -p k=v …` as a user types it, from another process, against the stack `cfg`,
+    without waiting; returns the flow run id."""
     import json
     import re
-
-    import requests
 
     args = [str(Path(sys.executable).parent / "prefect"), "deployment", "run", name]
     for k, v in (params or {}).items():
         args += ["-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     out = subprocess.run(args, env={**os.environ, **cfg.client_env()}, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout).group(1)
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout).group(1)
+
+
+def flow_run(cfg, run_id: str) -> dict:
+    import requests
+
+    return requests.get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=10).json()
+
+
+def wait_flow_run(cfg, run_id: str, timeout: float) -> dict:
+    """Poll the Prefect API until the flow run is terminal; returns its JSON."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = requests.get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=5).json()
+        run = flow_run(cfg, run_id)
         if run["state"]["type"] in TERMINAL_STATES:
             return run
         time.sleep(1)
-    raise TimeoutError(f"{name} flow run {run_id} not terminal after {timeout:.0f} s")
+    raise TimeoutError(f"flow run {run_id} not terminal after {timeout:.0f} s")
+
+
+def run_deployment_cli(cfg, name: str, params: dict | None = None, timeout: float = 900) -> dict:
+    """submit_deployment, then wait until the flow run is terminal. Returns the flow run JSON."""
+    return wait_flow_run(cfg, submit_deployment(cfg, name, params), timeout)
 
 
 @pytest.fixture(scope="session")

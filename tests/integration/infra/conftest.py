@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from infra_services import free_port, stop_group, wait_healthy
+from infra_services import NODE_RESOURCE, free_port, stop_group, wait_healthy
+
+from tests.conftest import stack_processes
 
 REPO = Path(__file__).resolve().parents[3]
 START_MLFLOW = REPO / "infra" / "mlflow" / "start-mlflow.sh"
@@ -149,17 +151,6 @@ class MultiNodeStack:
     sample_log: Path      # NSARM_TRAIN_SAMPLE_LOG of the deployments server: <path>.rank<r>.jsonl per training rank
 
 
-NODE_RESOURCE = "sim_node_2"
-
-
-def _stack_groups(cfg) -> set[int]:
-    """Every live process of the stack's services and extra nodes (their process groups)."""
-    from nsarm import stack, stack_nodes
-
-    names = ["prefect", "mlflow", "ray", "deployments"] + [f"{stack_nodes.NODE_PREFIX}{n}"
-                                                           for n in stack_nodes.node_names(cfg)]
-    groups = {pid for name in names if (pid := stack.read_pid(cfg, name))}
-    return set().union(*(stack.group_members(g) for g in groups))
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +175,10 @@ def multinode_stack(mlflow_postgres_s3):
         try:
             stack.up(cfg, echo=lambda *_: None)
             node = stack_nodes.add_node(cfg, "node2", num_cpus=1, resources={NODE_RESOURCE: 1}, echo=lambda *_: None)
-            pids = _stack_groups(cfg)
+            pids = stack_processes(cfg)
             yield MultiNodeStack(cfg=cfg, mlflow=mlflow_postgres_s3, node=node["name"], sample_log=sample_log)
         finally:
-            pids |= _stack_groups(cfg)
+            pids |= stack_processes(cfg)
             # 10 s, not Ray's 30 s drain: nothing of this throw-away cluster needs a graceful exit
             stack.down(cfg, echo=lambda *_: None, timeout=10)
             time.sleep(1)

@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NODE_RESOURCE
-from infra_services import ray_state, submit_deployment, wait_flow_run
+from infra_services import NODE_RESOURCE
 
 from nsarm import stack_nodes
+from nsarm.stack_nodes import ray_state
+from tests.conftest import flow_run, submit_deployment, wait_flow_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 BIN = Path(sys.executable).parent
@@ -130,7 +131,6 @@ def _wait_for(what: str, check, timeout: float, interval: float = 1.0, flow=None
 def test_training_spans_both_nodes_and_survives_losing_one(built, multinode_stack, postgres_server, moto_s3,
                                                            tmp_path):
     import boto3
-    from infra_services import flow_run
 
     cfg, node, srv = multinode_stack.cfg, multinode_stack.node, multinode_stack.mlflow
     assert built["run"]["state"]["type"] == "COMPLETED"
