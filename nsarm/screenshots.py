@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,6 @@ class Page:
     headers: dict[str, str] = field(default_factory=dict)  # sent with every request of this page only
     height: int = VIEWPORT[1]  # a taller window for a list that should show all its rows
     local_storage: dict[str, str] = field(default_factory=dict)  # set before the app starts (its UI preferences)
-    prefect_api_url: str | None = None  # the API the Prefect UI must talk to (see _pin_prefect_api)
 
 
 @dataclass(frozen=True)
@@ -83,11 +81,10 @@ def stack_pages(cfg: stack.StackConfig, model: str = "nsarm", aliases: tuple[str
     ui = cfg.prefect_ui
     return [
         # The activity sparkline of each deployment row gets its run bars from a later request than the names.
-        Page("prefect-deployments", f"{ui}/deployments", expect=deployments, prefect_api_url=cfg.prefect_url,
+        Page("prefect-deployments", f"{ui}/deployments", expect=deployments,
              selector=".flow-runs-bar-chart__bar-flow-run", min_count=len(deployments)),
         # The run list starts below a filter bar and a chart: 1200 px show the first four runs.
-        Page("prefect-flow-runs", f"{ui}/runs", expect=(*deployments, "Completed"), height=1200,
-             prefect_api_url=cfg.prefect_url),
+        Page("prefect-flow-runs", f"{ui}/runs", expect=(*deployments, "Completed"), height=1200),
         # MLflow 3 opens its "Assistant" side panel on a browser's first visit, over half the versions table:
         # mark it as already shown and closed, as a returning user has it.
         Page("mlflow-model", f"{cfg.mlflow_url}/#/models/{model}", expect=(model, "Version", *aliases),
@@ -96,38 +93,6 @@ def stack_pages(cfg: stack.StackConfig, model: str = "nsarm", aliases: tuple[str
         # A job row of the table: the drivers of the flows' Ray tasks and of Ray Train show up as jobs.
         Page("ray-jobs", f"{cfg.ray_dashboard}/#/jobs", expect=("Job List",), selector="tbody tr", headers=ray_headers),
     ]
-
-
-def _api_url_of_prefect_ui(ui_url: str) -> str | None:
-    """The API URL a Prefect server tells its UI to call (GET /ui-settings), or None if it cannot be read."""
-    try:
-        with urllib.request.urlopen(f"{ui_url}/ui-settings", timeout=10) as r:
-            return json.loads(r.read())["api_url"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _pin_prefect_api(context, page: Page) -> str | None:
-    """Point the Prefect UI at the stack's API when the server advertises another one.
-
-    A Prefect server started on a non-default port without PREFECT_UI_API_URL still tells its UI to call
-    http://127.0.0.1:4200/api, so the UI shows "Can't connect to Server API". We answer /ui-settings ourselves
-    with the right URL, so the screenshot shows this stack, and return a note saying so (the server's env is the
-    real fix). Returns None when the server already advertises the right URL."""
-    origin = page.url.split("/", 3)
-    ui = "/".join(origin[:3])
-    advertised = _api_url_of_prefect_ui(ui)
-    if advertised is None or advertised.rstrip("/") == page.prefect_api_url.rstrip("/"):
-        return None
-
-    def fulfil(route):
-        body = json.loads(route.fetch().text())
-        body["api_url"] = page.prefect_api_url
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
-
-    context.route(f"{ui}/ui-settings", fulfil)
-    return (f"the Prefect server at {ui} advertises API {advertised} to its UI (PREFECT_UI_API_URL unset); "
-            f"pinned it to {page.prefect_api_url} for the screenshot")
 
 
 def _missing(pw_page, page: Page) -> tuple[str, ...]:
@@ -194,10 +159,6 @@ def _capture_one(browser, page: Page, out: Path, timeout_s: float, echo) -> Shot
     context = browser.new_context(viewport={"width": VIEWPORT[0], "height": page.height},
                                   extra_http_headers=page.headers or None)
     try:
-        if page.prefect_api_url:
-            note = _pin_prefect_api(context, page)
-            if note:
-                echo(f"note: {note}")
         if page.local_storage:
             context.add_init_script(f"for (const [k, v] of Object.entries({json.dumps(page.local_storage)})) "
                                     "window.localStorage.setItem(k, v);")
