@@ -25,6 +25,8 @@ on CPU and, marked `gpu`, on one CUDA device.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,6 +72,17 @@ def shard_stage_module(module: nn.Module, cfg) -> nn.Module:
     # The root unit (embeddings, text projection, head) stays fp32: the head runs with autocast off (fp32 logits).
     fully_shard(module, mp_policy=fp32)
     return module
+
+
+@contextmanager
+def root_gathered(module: nn.Module) -> Iterator[None]:
+    """Collective: the root unit's own parameters (conv extractors, embeddings, head) gathered for code that calls
+    submodules directly instead of the root's forward (sampling a preview); the block units gather themselves."""
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 def save_sharded(module: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:

@@ -116,9 +116,9 @@ def tokenizer_ceiling(tokenizer_path: str, root: str, holdout: int, include_trai
     def u8(x_3HW):
         return ((x_3HW.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
 
-    for name, images in groups.items():
+    for name, group in groups.items():
         scores = {}
-        for key, x in sorted(images.items()):
+        for key, x in sorted(group.items()):
             grids = training_grids((x.shape[-2] // f, x.shape[-1] // f), tok.cfg.name)
             with torch.no_grad():
                 recon = tok.decode(tok.encode_bits(x[None], grids).f_hat)[0]

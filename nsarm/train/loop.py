@@ -318,17 +318,13 @@ def train_stage(cfg: TrainConfig, root: str, ctx: Context, tracker: Tracker | No
                 tracker.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
             if cfg.image_every and step % cfg.image_every == 0 and (rank == 0 or cfg.strategy == "fsdp"):
                 # Under FSDP the sampling forward is collective (sharded blocks are all-gathered), so every rank
-                # draws its grid in lockstep (same scales, same tiles) under the training autocast; rank 0 logs it.
-                # The grid calls submodules directly, not through the root's forward: gather the root unit's own
-                # parameters (conv extractors, embeddings, head) first; the block units gather themselves.
-                if cfg.strategy == "fsdp":
-                    stage_module.unshard()
-                try:
-                    with amp if cfg.strategy == "fsdp" else nullcontext():
-                        grid = preview_grid(model, batch, cfg.stage, text_encoder)
-                finally:
-                    if cfg.strategy == "fsdp":
-                        stage_module.reshard()
+                # draws its grid in lockstep (same scales, same tiles), root unit gathered, under the training
+                # autocast; rank 0 logs it.
+                from nsarm.train.fsdp import root_gathered
+
+                with root_gathered(stage_module) if cfg.strategy == "fsdp" else nullcontext(), \
+                        amp if cfg.strategy == "fsdp" else nullcontext():
+                    grid = preview_grid(model, batch, cfg.stage, text_encoder)
                 if rank == 0:
                     tracker.image(grid, f"samples/step_{step:06d}.png")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
