@@ -1,6 +1,6 @@
 """Training throughput per worker: samples/s and tokens/s of one optimiser step (forward + backward + AdamW).
 
-    python benchmarks/training.py [--threads 1] [--repeats 3] [--batch 2]
+    python benchmarks/training.py [--threads 1] [--repeats 3] [--batch 2] [--depth-2b 2] [--pn-2b 0.06M] [--bf16]
 
 Models (CPU, fp32, random weights, synthetic latents — the frozen tokenizer is excluded, its latents are cached):
   tiny        the `tiny` preset, stage 1 (map net MSE) and stage 2 (end-to-end bitwise CE, Alg. 2), 521 tokens
@@ -9,8 +9,10 @@ Models (CPU, fp32, random weights, synthetic latents — the frozen tokenizer is
 Reference, measured in the same run: a plain PyTorch `nn.TransformerEncoder` (pre-norm, GELU) of the same width,
 depth, heads, FF width and token count, with a linear bit head and the same CE + AdamW step: what the transformer
 part would cost without Infinity's AdaLN, cross-attention and RoPE. The ratio ours/reference shows that overhead.
-On GPU (when one is present) the script also prints MFU = 6 · N_params · tokens/s / peak_flops (bf16 peak given by
---peak-tflops); attention FLOPs are left out of the 6N rule, so MFU is slightly understated at long sequences.
+On GPU (when one is present) every step runs under bf16 autocast (as loop.py trains DDP on CUDA; --no-bf16 for
+fp32/TF32) and the script also prints MFU = 6 · N_params · tokens/s / peak_flops (bf16 dense peak given by
+--peak-tflops); attention FLOPs are left out of the 6N rule, so MFU is understated at long sequences.
+--depth-2b 32 --pn-2b 0.25M gives the full Infinity-2B transformer on 512² token counts (a GPU-sized run).
 """
 
 from __future__ import annotations
@@ -34,17 +36,28 @@ def timed(step, repeats: int) -> float:
     step()  # warm-up (allocations, first-call overhead)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+AUTOCAST = {"enabled": False}  # set by main(): bf16 autocast on CUDA
+
+
 def adamw_step(loss_fn, params):
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.97))
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.97), fused=params[0].is_cuda)
 
     def step():
-        loss = loss_fn()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=AUTOCAST["enabled"]):
+            loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -82,10 +95,17 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU (H100 SXM: 989)")
+    p.add_argument("--depth-2b", type=int, default=2, help="depth of the Infinity-2B-shaped model (full: 32)")
+    p.add_argument("--pn-2b", default="0.06M", help="scale schedule of the 2B-shaped model (0.06M/0.25M/0.60M/1M)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on with CUDA, off on CPU)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    AUTOCAST["enabled"] = device.type == "cuda" if a.bf16 is None else a.bf16
+    if AUTOCAST["enabled"] and device.type != "cuda":
+        raise SystemExit("--bf16 needs CUDA (the CPU rows are fp32)")
     B = a.batch
     sched = get_schedule("0.06M", 1.0, 2)
     grids, L = list(sched.grids), sched.num_tokens
@@ -109,23 +129,33 @@ def main(argv=None) -> None:
                                ("tiny stage 2", s2, s2_params), ("tiny reference encoder", ref_tiny, ref_tiny_params)):
         rows.append((name, timed(step, a.repeats), sum(p.numel() for p in params)))
 
-    # Infinity-2B shapes, depth 2
-    cfg2b = TransformerConfig(depth=2, block_chunks=2)
-    ours2b, p_ours = ours_transformer_step(cfg2b, grids, B, device)
-    ref2b, p_ref = reference_step(cfg2b, B, L, device)
-    rows.append(("2b-d2 ours (Infinity block)", timed(ours2b, a.repeats), sum(p.numel() for p in p_ours)))
-    rows.append(("2b-d2 reference encoder", timed(ref2b, a.repeats), sum(p.numel() for p in p_ref)))
+    rows = [(name, t, n, L) for name, t, n in rows]
+    # Infinity-2B shapes at the chosen depth and schedule
+    d, sched2b = a.depth_2b, get_schedule(a.pn_2b, 1.0, 1)
+    grids2b, L2b = list(sched2b.grids), sched2b.num_tokens
+    cfg2b = TransformerConfig(depth=d, block_chunks=min(d, 8))
+    ours2b, p_ours = ours_transformer_step(cfg2b, grids2b, B, device)
+    rows.append((f"2b-d{d} ours (Infinity block)", timed(ours2b, a.repeats), sum(p.numel() for p in p_ours), L2b))
+    del ours2b, p_ours
+    ref2b, p_ref = reference_step(cfg2b, B, L2b, device)
+    rows.append((f"2b-d{d} reference encoder", timed(ref2b, a.repeats), sum(p.numel() for p in p_ref), L2b))
+    del ref2b, p_ref
 
-    print(f"device {device}, threads {torch.get_num_threads()}, batch {B}, tokens/sample {L}, best of {a.repeats}")
-    print(f"{'model':32s} {'params':>12s} {'s/step':>8s} {'samples/s':>10s} {'tokens/s':>10s}"
+    precision = "bf16 autocast" if AUTOCAST["enabled"] else "fp32"
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), {precision}, "
+          f"threads {torch.get_num_threads()}, batch {B}, tokens/sample tiny {L} / 2b {L2b} ({a.pn_2b}), "
+          f"best of {a.repeats}")
+    print(f"{'model':32s} {'params':>14s} {'s/step':>8s} {'samples/s':>10s} {'tokens/s':>10s}"
           + ("  MFU" if device.type == "cuda" else ""))
-    for name, t, n in rows:
-        extra = f"  {6 * n * B * L / t / (a.peak_tflops * 1e12):.3%}" if device.type == "cuda" else ""
-        print(f"{name:32s} {n:12,d} {t:8.3f} {B / t:10.2f} {B * L / t:10.0f}{extra}")
-    t = {name: t for name, t, _ in rows}
+    for name, t, n, tokens in rows:
+        extra = f"  {6 * n * B * tokens / t / (a.peak_tflops * 1e12):.3%}" if device.type == "cuda" else ""
+        print(f"{name:32s} {n:14,d} {t:8.3f} {B / t:10.2f} {B * tokens / t:10.0f}{extra}")
+    t = {name: t for name, t, _, _ in rows}
     print(f"ratio tiny stage 2 / reference encoder (time per step): {t['tiny stage 2'] / t['tiny reference encoder']:.2f}")
-    print(f"ratio 2b-d2 ours / reference encoder (time per step):   "
-          f"{t['2b-d2 ours (Infinity block)'] / t['2b-d2 reference encoder']:.2f}")
+    print(f"ratio 2b-d{d} ours / reference encoder (time per step):   "
+          f"{t[f'2b-d{d} ours (Infinity block)'] / t[f'2b-d{d} reference encoder']:.2f}")
+    if device.type == "cuda":
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class TokenizerTrainConfig:
     eval_size: int = 128  # held-out reconstruction is measured on centre crops resized to this side
     seed: int = 0
     max_seconds: float | None = None  # stop early when this wall-clock budget is spent
+    device: str | None = None  # None: cuda when available, else cpu (batches are cropped on the CPU either way)
 
 
 def load_photos(folder: str | Path) -> list[torch.Tensor]:
@@ -145,8 +146,9 @@ def reconstruction_mse(tok: Tokenizer, images: list[torch.Tensor], size: int, pr
         raise ValueError(f"reconstruction_mse: size {size} is not a multiple of the VAE stride {f}")
     grids = training_grids((size // f, size // f), preset or tok.cfg.name)
     errs = []
+    device = next(tok.parameters()).device
     for img in images:
-        x = _centre_square(img, size)[None]
+        x = _centre_square(img, size)[None].to(device)
         recon = tok.decode(tok.encode_bits(x, grids).f_hat)
         errs.append(F.mse_loss(recon, x).item())
     tok.train(was_training)
@@ -161,14 +163,16 @@ def train_tokenizer(
 ) -> tuple[Tokenizer, dict]:
     """Fit a tokenizer on `images` ((3, H, W) in [-1, 1], each side ≥ cfg.crop after rescaling).
 
-    Returns the trained tokenizer (eval mode) and stats: steps run, seconds, final loss and, with `held_out`,
-    `mse_init` / `mse_final` (reconstruction_mse at cfg.eval_size) and their ratio `reduction`.
+    Returns the trained tokenizer (eval mode, on the CPU) and stats: steps run, seconds, final loss and, with
+    `held_out`, `mse_init` / `mse_final` (reconstruction_mse at cfg.eval_size) and their ratio `reduction`.
     """
     torch.manual_seed(cfg.seed)  # parameter init of a fresh model
     if tok is None:
         tok = build_tokenizer(cfg.preset)
         if cfg.zero_init_residual:
             _zero_init(tok)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tok.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     f = tok.cfg.downsample
     if cfg.crop % f:
@@ -182,7 +186,7 @@ def train_tokenizer(
     tok.train()
     t0 = time.monotonic()
     for step in range(cfg.steps):
-        x = _random_batch(images, cfg, g)
+        x = _random_batch(images, cfg, g).to(device)
         recon, dec = tok(x, grids)
         loss = cfg.l1_weight * F.l1_loss(recon, x) + cfg.mse_weight * F.mse_loss(recon, x)
         if cfg.commit_weight:
@@ -202,7 +206,7 @@ def train_tokenizer(
     if held_out:
         stats["mse_final"] = reconstruction_mse(tok, held_out, cfg.eval_size, cfg.preset)
         stats["reduction"] = stats["mse_init"] / max(stats["mse_final"], 1e-12)
-    return tok, stats
+    return tok.cpu(), stats
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -217,9 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-size", type=int, default=TokenizerTrainConfig.eval_size)
     p.add_argument("--max-seconds", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when available)")
     a = p.parse_args(argv)
     cfg = TokenizerTrainConfig(steps=a.steps, batch_size=a.batch_size, crop=a.crop, lr=a.lr, seed=a.seed,
-                               eval_size=a.eval_size, max_seconds=a.max_seconds)
+                               eval_size=a.eval_size, max_seconds=a.max_seconds, device=a.device)
     photos = load_photos(a.photos)
     if len(photos) <= a.held_out:
         raise ValueError(f"--held-out {a.held_out} leaves no training photos out of {len(photos)}")

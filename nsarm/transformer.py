@@ -298,7 +298,8 @@ class InfinityTransformer(nn.Module):
 
     def condition(self, text: PackedText, uncond_B: torch.Tensor | None = None) -> Condition:
         """Text -> Condition. `uncond_B` (bool, B) replaces those captions by cfg_uncond rows (CFG / caption drop)."""
-        feats_NT, lens_B = text.features_NT.float(), text.lens_B
+        # Captions may be encoded on another device than the model's (a CPU text encoder feeding a GPU transformer).
+        feats_NT, lens_B = text.features_NT.to(self.cfg_uncond.device).float(), text.lens_B
         if uncond_B is not None and bool(uncond_B.any()):
             pieces, start = [], 0
             for b, n in enumerate(lens_B.tolist()):

@@ -34,9 +34,15 @@ import torch.nn as nn
 
 
 def _units(module: nn.Module) -> list[nn.Module]:
+    """The FSDP units: each transformer block (its activation-checkpoint wrapper when it has one: sharding the
+    wrapper keeps FSDP's gather/cast hooks outside the recomputed region, as the recompute skips them) and each
+    per-scale encoder of the transformation net."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
     from nsarm.transformer import CrossAttnBlock
 
-    units = [m for m in module.modules() if isinstance(m, CrossAttnBlock)]
+    wrapped = {id(m._checkpoint_wrapped_module): m for m in module.modules() if isinstance(m, CheckpointWrapper)}
+    units = [wrapped.get(id(m), m) for m in module.modules() if isinstance(m, CrossAttnBlock)]
     mt = getattr(module, "map_transformer", None)
     if mt is not None:
         units += list(mt.transformers)  # the per-scale nn.TransformerEncoders (the map net's bulk: 364M of 385M)
@@ -55,8 +61,12 @@ def shard_stage_module(module: nn.Module, cfg) -> nn.Module:
         from nsarm.transformer import CrossAttnBlock
 
         apply_activation_checkpointing(module, check_fn=lambda m: isinstance(m, CrossAttnBlock))
-    blocks = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
-                                  reduce_dtype=torch.float32)
+    # Transformer blocks: inputs are not cast, so the residual stream, AdaLN terms and RoPE tables stay fp32 (the
+    # block casts what it needs and autocast runs its matmuls in bf16), as in the DDP path. The map net's
+    # nn.TransformerEncoders get bf16 inputs (their fused attention wants one dtype).
+    param_dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    blocks = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    encoders = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     units = _units(module)
     if cfg.bf16:
@@ -68,7 +78,7 @@ def shard_stage_module(module: nn.Module, cfg) -> nn.Module:
                 if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
                     fully_shard(m, mp_policy=fp32)
     for unit in units:
-        fully_shard(unit, mp_policy=blocks)
+        fully_shard(unit, mp_policy=encoders if isinstance(unit, nn.TransformerEncoder) else blocks)
     # The root unit (embeddings, text projection, head) stays fp32: the head runs with autocast off (fp32 logits).
     fully_shard(module, mp_policy=fp32)
     return module

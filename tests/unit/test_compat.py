@@ -21,6 +21,15 @@ def test_without_the_shim_torchvision_breaks_or_is_native():
     assert "torchvision::nms does not exist" in out.stderr
 
 
+def test_torchvision_imports_after_nsarm():
+    """The shim must never break a torchvision whose own ops load (GPU machines): there, declaring the schemas
+    first made torchvision's registration abort the process (found on an H100, torch 2.11 + torchvision 0.26)."""
+    out = _py("import nsarm, nsarm.compat as c\nimport torchvision, torchvision.ops\n"
+              "print(c.ensure_torchvision_importable())")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] in ("shimmed", "native")
+
+
 def test_with_the_shim_torchvision_basicsr_and_llava_import():
     out = _py(
         "import nsarm, nsarm.compat as c\n"

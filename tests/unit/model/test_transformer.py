@@ -175,3 +175,18 @@ def test_flash_backend_matches_sdpa_on_gpu():
     q, k, v = (torch.randn(2, 4, 37, 64, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     torch.testing.assert_close(attend(q, k, v, None, 1.0, backend="flash"), attend(q, k, v, None, 1.0, backend="sdpa"),
                                atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_text_encoded_on_cpu_conditions_a_gpu_transformer():
+    """A CPU text encoder feeding a CUDA transformer (the training loop and `nsarm upscale` do this): the caption
+    features move to the model's device, with and without caption drop (found on an H100: torch.cat of CPU
+    features and the CUDA cfg_uncond failed in stage 2)."""
+    model = _tiny()
+    g = torch.Generator().manual_seed(2)
+    text = _text(2, model.cfg.text_channels, g)
+    x = torch.randn(2, 4, model.cfg.d_vae, generator=g)
+    with torch.no_grad():
+        want = model(text, x, SCHEDULE_06M[:2], uncond_B=torch.tensor([True, False]))
+        got = model.cuda()(text, x.cuda(), SCHEDULE_06M[:2], uncond_B=torch.tensor([True, False]))
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)

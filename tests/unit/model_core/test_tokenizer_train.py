@@ -43,3 +43,13 @@ def test_tiny_warmup_lowers_held_out_reconstruction_error(sample_photos, tmp_pat
     assert mse_init == pytest.approx(meta["metrics"]["mse_init"], rel=1e-4)
     assert mse_final == pytest.approx(meta["metrics"]["mse_final"], rel=1e-4)
     assert mse_init / mse_final >= MIN_REDUCTION, (mse_init, mse_final)
+
+
+@pytest.mark.gpu
+def test_warm_up_trains_on_cuda_and_returns_a_cpu_tokenizer(sample_photos):
+    from nsarm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+    photos = load_photos(sample_photos[0].path.parent)[:3]
+    tok, stats = train_tokenizer(TokenizerTrainConfig(steps=3, device="cuda"), photos[:2], photos[2:])
+    assert stats["steps"] == 3 and stats["mse_final"] < stats["mse_init"]
+    assert {p.device.type for p in tok.parameters()} == {"cpu"}
