@@ -12,13 +12,14 @@ The comparison itself is the strict one: the same held-out photos (camera, moon:
 model), PSNR-Y (BasicSR, BT.601 Y) of the full 256² images for both methods, bicubic ×4 of the same LR.
 Every step is capped by optimiser steps, not seconds, so the result does not depend on machine load.
 
-Status (measured 2026-11-25, this exact test): the claim is NOT met yet, so only the last comparison xfails
+Status (measured 2026-11-25, this exact test): the claim is NOT met, so only the last comparison xfails
 (imperatively, with the numbers); the setting checks above it stay strict. Held-out PSNR-Y: model 22.16 dB (SSIM 0.618)
-vs bicubic 24.21 dB (SSIM 0.582). The bound is the tokenizer: after the 400-step warm-up the held-out HR images
-reconstruct from their own exact bits at only 19.4 (camera) / 27.0 (moon) dB, mean 23.2 dB, below bicubic's 24.2 dB
-before any transformer error (the old recipe: 15.9 / 21.7). The tiny BSQ-VAE (a fixed contract, ~1 CPU-second per
-batch-8 step) is far from converged after the few hundred steps a CPU test can afford; see benchmarks/RESULTS.md
-"Tokenizer". CPU time 414 s (≈ 3.5-4 min wall on an idle 2-core box; 20 min on the shared, loaded one).
+vs bicubic 24.21 dB (SSIM 0.582). On an H100 the same pipeline ran 22 times over variants (codebook_dim 8/12/16,
+128² tokenizer crops, wider/deeper transformer, 2.5× tokenizer and 5× stage steps, tokenizer width 64, tau 0.1, 6× the
+training data): means 19.5-23.1 dB, none reached bicubic. The model beats bicubic on moon (by up to 2.1 dB) and loses
+on camera in every variant (by 4-7.5 dB): every wrong bit of a bitwise generative model adds a full-size residual,
+and camera's heavy degradation leaves the tiny model guessing. Table: benchmarks/RESULTS.md "Tokenizer".
+CPU time 414 s (≈ 3.5-4 min wall on an idle 2-core box; 20 min on the shared, loaded one).
 """
 
 from __future__ import annotations
