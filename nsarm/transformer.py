@@ -273,9 +273,12 @@ class InfinityTransformer(nn.Module):
         self.cfg = cfg.validate()
         C, T = cfg.embed_dim, cfg.text_channels
         init_std = math.sqrt(1 / C / 3)
-        uncond = torch.empty(cfg.text_maxlen, T)
-        nn.init.trunc_normal_(uncond, std=1.2, generator=torch.Generator().manual_seed(0))
-        self.cfg_uncond = nn.Parameter(uncond / T**0.5)  # learned "empty caption", raw T5 space
+        # Seeded on the CPU (the same values on every device), then placed where the module is being built: a
+        # `with torch.device("cuda")` or "meta" context (a CPU generator cannot fill a CUDA tensor).
+        uncond = torch.empty(cfg.text_maxlen, T, device="cpu")
+        if torch.empty(0).device.type != "meta":
+            nn.init.trunc_normal_(uncond, std=1.2, generator=torch.Generator().manual_seed(0))
+        self.cfg_uncond = nn.Parameter((uncond / T**0.5).to(torch.empty(0).device))  # learned "empty caption", raw T5
         self.pos_start = nn.Parameter(torch.empty(1, 1, C))
         nn.init.trunc_normal_(self.pos_start, std=init_std)
         self.text_norm = FastRMSNorm(T, eps=cfg.norm_eps)

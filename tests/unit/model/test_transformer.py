@@ -190,3 +190,14 @@ def test_text_encoded_on_cpu_conditions_a_gpu_transformer():
         want = model(text, x, SCHEDULE_06M[:2], uncond_B=torch.tensor([True, False]))
         got = model.cuda()(text, x.cuda(), SCHEDULE_06M[:2], uncond_B=torch.tensor([True, False]))
     torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_built_under_a_cuda_device_context_equals_cpu_built():
+    torch.manual_seed(0)
+    cpu = InfinityTransformer(TRANSFORMER_PRESETS["tiny"])
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        gpu = InfinityTransformer(TRANSFORMER_PRESETS["tiny"])
+    assert gpu.cfg_uncond.is_cuda
+    torch.testing.assert_close(gpu.cfg_uncond.cpu(), cpu.cfg_uncond)
