@@ -18,7 +18,8 @@ vs bicubic 24.21 dB (SSIM 0.582). On an H100 the same pipeline ran 22 times over
 128² tokenizer crops, wider/deeper transformer, 2.5× tokenizer and 5× stage steps, tokenizer width 64, tau 0.1, 6× the
 training data): means 19.5-23.1 dB, none reached bicubic. The model beats bicubic on moon (by up to 2.1 dB) and loses
 on camera in every variant (by 4-7.5 dB): every wrong bit of a bitwise generative model adds a full-size residual,
-and camera's heavy degradation leaves the tiny model guessing. Table: benchmarks/RESULTS.md "Tokenizer".
+and camera's heavy degradation leaves the tiny model guessing. Table: benchmarks/RESULTS.md "Tokenizer";
+rerun: benchmarks/tiny_quality.py.
 CPU time 414 s (≈ 3.5-4 min wall on an idle 2-core box; 20 min on the shared, loaded one).
 """
 
