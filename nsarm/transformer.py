@@ -131,17 +131,25 @@ class FastRMSNorm(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth on the residual branch (per sample), active only in training."""
+    """Stochastic depth on the residual branch (per sample), active only in training.
+
+    The keep probability is a 0-dim CPU tensor attribute, not a Python float: torch.compile guards on a float's value,
+    so the linearly rising rates of the blocks forced one recompile per block (seen on an H100: only 8 of 32 blocks
+    compiled before dynamo's recompile limit). Not a buffer: the state dict keeps the release's keys, and a model
+    built on the meta device (8B) must not hold an unmaterialised tensor. A 0-dim CPU tensor mixes with CUDA ones.
+    """
 
     def __init__(self, p: float):
         super().__init__()
-        self.p = p
+        self.p = p  # for repr/inspection only; forward reads `active` and `keep`
+        self.active = p > 0
+        self.keep = torch.tensor(1.0 - p, device="cpu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
+        if not self.training or not self.active:
             return x
-        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) < self.keep
+        return x * keep / self.keep
 
 
 class SelfAttention(nn.Module):

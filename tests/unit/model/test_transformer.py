@@ -201,3 +201,28 @@ def test_built_under_a_cuda_device_context_equals_cpu_built():
         gpu = InfinityTransformer(TRANSFORMER_PRESETS["tiny"])
     assert gpu.cfg_uncond.is_cuda
     torch.testing.assert_close(gpu.cfg_uncond.cpu(), cpu.cfg_uncond)
+
+
+def test_drop_path_is_compile_friendly_and_unbiased():
+    """Blocks with different stochastic-depth rates share compiled graphs (one for rate 0, one for the rest), and the
+    kept branch is rescaled so its mean is unchanged."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from nsarm.transformer import DropPath
+
+    dynamo.reset()
+    counters.clear()
+    paths = [DropPath(0.1 * i / 7).train() for i in range(8)]
+    for m in paths:
+        m.compile(backend="eager")
+    x = torch.ones(4096, 3)
+    outs = [m(x) for m in paths]
+    assert counters["stats"]["unique_graphs"] <= 2
+    assert torch.equal(outs[0], x)  # rate 0: identity
+    out = outs[-1]
+    kept = (out != 0).all(1)
+    assert 0.85 < kept.float().mean() < 0.95  # rate 0.1
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.9))
+    assert torch.equal(paths[-1].eval()(x), x)
+    dynamo.reset()
