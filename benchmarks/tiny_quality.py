@@ -114,19 +114,12 @@ def override_tiny(spec: dict) -> None:
 
 
 def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
-    import numpy as np
-    import torch
-
     import nsarm  # noqa: F401
     override_tiny(spec)
     from nsarm.checkpoints import load_checkpoint
-    from nsarm.inference import UpscaleOptions, bicubic_upscale, upscale_images
     from nsarm.text import build_tiny_text_encoder
-    from nsarm.tokenizer import load_tokenizer
-    from nsarm.tokenizer_train import training_grids
     from nsarm.train import holdout
     from nsarm.train.config import train_config
-    from nsarm.train.data import holdout_keys
     from nsarm.train.loop import LocalContext, LoopOptions, train_stage
 
     holdout.WARM_UP_RECIPE["crop"] = spec.get("crop", 64)
@@ -134,18 +127,8 @@ def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
     tok_path = holdout.warm_up_tokenizer(root, str(out / "tok" / "tiny.safetensors"), steps=spec.get("tok_steps", 400),
                                          holdout=2)
     res: dict = {"spec": spec, "t_tokenizer": time.time() - t0}
-
-    def u8(x_3HW):
-        return ((x_3HW.permute(1, 2, 0).cpu() + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-
-    tok, held = load_tokenizer(tok_path).eval().to(device), holdout_keys(root, 2)
-    ceiling = {}
-    for key, x in holdout._hr_images(root, None, frozenset(), 0).items():
-        grids = training_grids((x.shape[-2] // 8, x.shape[-1] // 8), "tiny")
-        with torch.no_grad():
-            ceiling[key] = psnr_y(u8(tok.decode(tok.encode_bits(x[None].to(device), grids).f_hat)[0]), u8(x))
-    res["ceiling"] = {"held_out": float(np.mean([v for k, v in ceiling.items() if k in held])),
-                      "train": float(np.mean([v for k, v in ceiling.items() if k not in held])), **ceiling}
+    c = holdout.tokenizer_ceiling(tok_path, root, 2, device=device, psnr=psnr_y)
+    res["ceiling"] = {"held_out": c["held_out_mean"], "train": c["train_mean"], **c["held_out"], **c["train"]}
     common = {"batch_size": 4, "holdout": 2, "image_every": 0, "checkpoint_every": 10**6}
     steps, t1 = spec.get("stage_steps", 60), time.time()
     for stage, init in ((1, {"tokenizer_path": tok_path}), (2, {"init_from": str(out / "e1")})):
@@ -155,16 +138,10 @@ def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
     model = load_checkpoint(str(out / "e2")).to(device).eval()
     enc = build_tiny_text_encoder(d_model=model.cfg.transformer.text_channels)
     samples = holdout.holdout_samples(root, 2)
-    lrs = [torch.from_numpy(s["lr"].copy()).permute(2, 0, 1).float() / 255 for s in samples]
-    with torch.no_grad():
-        srs = upscale_images(model, lrs, enc.encode([s["caption"] for s in samples]), UpscaleOptions(seed=1))
-
-    def to_u8(x_3HW):
-        return (x_3HW.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-
-    res["model"] = {s["key"]: psnr_y(to_u8(sr), s["hr"]) for s, sr in zip(samples, srs, strict=True)}
-    res["bicubic"] = {s["key"]: psnr_y(to_u8(bicubic_upscale(lr, (lr.shape[1] * 4, lr.shape[2] * 4))), s["hr"])
-                      for s, lr in zip(samples, lrs, strict=True)}
+    lrs = [s["lr"] for s in samples]
+    srs = holdout.upscale_arrays(model, enc, lrs, [s["caption"] for s in samples], seed=1)
+    res["model"] = {s["key"]: psnr_y(sr, s["hr"]) for s, sr in zip(samples, srs, strict=True)}
+    res["bicubic"] = {s["key"]: psnr_y(b, s["hr"]) for s, b in zip(samples, holdout.bicubic_arrays(lrs), strict=True)}
     return res
 
 

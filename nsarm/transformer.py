@@ -141,9 +141,11 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float):
         super().__init__()
-        self.p = p  # for repr/inspection only; forward reads `active` and `keep`
         self.active = p > 0
         self.keep = torch.tensor(1.0 - p, device="cpu")
+
+    def extra_repr(self) -> str:
+        return f"p={1 - float(self.keep):g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.active:
@@ -283,10 +285,11 @@ class InfinityTransformer(nn.Module):
         init_std = math.sqrt(1 / C / 3)
         # Seeded on the CPU (the same values on every device), then placed where the module is being built: a
         # `with torch.device("cuda")` or "meta" context (a CPU generator cannot fill a CUDA tensor).
+        build_device = torch.empty(0).device
         uncond = torch.empty(cfg.text_maxlen, T, device="cpu")
-        if torch.empty(0).device.type != "meta":
+        if build_device.type != "meta":
             nn.init.trunc_normal_(uncond, std=1.2, generator=torch.Generator().manual_seed(0))
-        self.cfg_uncond = nn.Parameter((uncond / T**0.5).to(torch.empty(0).device))  # learned "empty caption", raw T5
+        self.cfg_uncond = nn.Parameter((uncond / T**0.5).to(build_device))  # learned "empty caption", raw T5 space
         self.pos_start = nn.Parameter(torch.empty(1, 1, C))
         nn.init.trunc_normal_(self.pos_start, std=init_std)
         self.text_norm = FastRMSNorm(T, eps=cfg.norm_eps)

@@ -93,19 +93,27 @@ def warm_up_tokenizer(root: str, out_path: str, steps: int = 400, holdout: int =
     return str(out)
 
 
-def tokenizer_ceiling(tokenizer_path: str, root: str, holdout: int, include_train: bool = True) -> dict:
+def tokenizer_ceiling(tokenizer_path: str, root: str, holdout: int, include_train: bool = True, *,
+                      device: str = "cpu", psnr=None) -> dict:
     """PSNR-Y (the evaluation's metric) of every HR image reconstructed from its own bits over the full tiny scale
     schedule: the best any transformer predicting those bits can do. Returns {"held_out": {key: dB}, "train":
-    {key: dB} (if include_train), "held_out_mean", "train_mean"}."""
+    {key: dB} (if include_train), "held_out_mean", "train_mean"}. `psnr(sr_u8, hr_u8)` defaults to the evaluation's
+    (BasicSR, via nsarm.eval); pass another where BasicSR is not installed."""
     import torch
 
-    from nsarm.eval.metrics import MetricConfig, MetricSuite
     from nsarm.tokenizer import load_tokenizer
     from nsarm.tokenizer_train import training_grids
 
-    tok = load_tokenizer(tokenizer_path).eval()
+    if psnr is None:
+        from nsarm.eval.metrics import MetricConfig, MetricSuite
+
+        suite = MetricSuite(MetricConfig(metrics=("psnr",)))
+
+        def psnr(a, b):
+            return suite.score(a, b)["psnr"]
+
+    tok = load_tokenizer(tokenizer_path).eval().to(device)
     f = tok.cfg.downsample
-    suite = MetricSuite(MetricConfig(metrics=("psnr",)))
     held = holdout_keys(root, holdout)
     images = _hr_images(root, None if include_train else held, frozenset(), 0)
     groups = {"held_out": {k: v for k, v in images.items() if k in held}}
@@ -114,24 +122,47 @@ def tokenizer_ceiling(tokenizer_path: str, root: str, holdout: int, include_trai
     out: dict = {}
 
     def u8(x_3HW):
-        return ((x_3HW.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        return ((x_3HW.permute(1, 2, 0).cpu() + 1) * 127.5).round().clamp(0, 255).byte().numpy()
 
     for name, group in groups.items():
         scores = {}
         for key, x in sorted(group.items()):
             grids = training_grids((x.shape[-2] // f, x.shape[-1] // f), tok.cfg.name)
             with torch.no_grad():
-                recon = tok.decode(tok.encode_bits(x[None], grids).f_hat)[0]
-            scores[key] = suite.score(u8(recon), u8(x))["psnr"]
+                recon = tok.decode(tok.encode_bits(x[None].to(device), grids).f_hat)[0]
+            scores[key] = psnr(u8(recon), u8(x))
         out[name] = scores
         out[f"{name}_mean"] = sum(scores.values()) / len(scores) if scores else float("nan")
     return out
 
 
+def upscale_arrays(model, text_encoder, lrs: list, captions: list[str] | None = None, seed: int = 1) -> list:
+    """NSARM ×4 of (h, w, 3) uint8 LR arrays (one caption each, "" for none) → (4h, 4w, 3) uint8 arrays."""
+    import torch
+
+    from nsarm.inference import UpscaleOptions, upscale_images
+
+    caps = [c or "" for c in (captions or [""] * len(lrs))]
+    with torch.no_grad():
+        srs = upscale_images(model, [torch.from_numpy(x.copy()).permute(2, 0, 1).float() / 255 for x in lrs],
+                             text_encoder.encode(caps), UpscaleOptions(seed=seed))
+    return [(sr.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for sr in srs]
+
+
+def bicubic_arrays(lrs: list) -> list:
+    """The reference: bicubic ×4 of (h, w, 3) uint8 LR arrays → (4h, 4w, 3) uint8 arrays."""
+    import torch
+
+    from nsarm.inference import bicubic_upscale
+
+    return [(bicubic_upscale(torch.from_numpy(x.copy()).permute(2, 0, 1).float() / 255,
+                             (x.shape[0] * 4, x.shape[1] * 4)).permute(1, 2, 0).numpy() * 255).round()
+            .astype(np.uint8) for x in lrs]
+
+
 def evaluate_export(export_uri: str, root: str, holdout: int, out_dir: str, *, mlflow_run_id: str | None = None,
                     tracking_uri: str | None = None, name: str = "nsarm", seed: int = 1) -> dict:
     """Upscale the held-out LR images with the export and score them (PSNR/SSIM on Y) against bicubic."""
-    import torch
     from PIL import Image
 
     from nsarm.checkpoints import load_checkpoint, text_encoder_dir
@@ -139,7 +170,6 @@ def evaluate_export(export_uri: str, root: str, holdout: int, out_dir: str, *, m
     from nsarm.eval.metrics import MetricConfig, MetricSuite
     from nsarm.eval.run import MlflowTarget, evaluate_upscaler
     from nsarm.eval.testsets import folder_testset, write_png
-    from nsarm.inference import UpscaleOptions, bicubic_upscale, upscale_images
     from nsarm.text import build_tiny_text_encoder, load_text_encoder
 
     samples = holdout_samples(root, holdout)
@@ -162,20 +192,11 @@ def evaluate_export(export_uri: str, root: str, holdout: int, out_dir: str, *, m
     by_key = {s["key"]: s["caption"] for s in samples}
 
     def upscale(lrs, captions=None):
-        caps = [c or "" for c in (captions or [""] * len(lrs))]
-        with torch.no_grad():
-            srs = upscale_images(model, [torch.from_numpy(x.copy()).permute(2, 0, 1).float() / 255 for x in lrs],
-                                 enc.encode(caps), UpscaleOptions(seed=seed))
-        return [(sr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for sr in srs]
-
-    def bicubic(lrs):
-        return [(bicubic_upscale(torch.from_numpy(x.copy()).permute(2, 0, 1).float() / 255,
-                                 (x.shape[0] * 4, x.shape[1] * 4)).permute(1, 2, 0).numpy() * 255).round()
-                .astype(np.uint8) for x in lrs]
+        return upscale_arrays(model, enc, lrs, captions, seed)
 
     cfg = MetricConfig(metrics=("psnr", "ssim"))
     suite = MetricSuite(cfg)
-    base = score_testset(suite, testset, bicubic)
+    base = score_testset(suite, testset, bicubic_arrays)
     target = MlflowTarget(experiment="nsarm-train", run_id=mlflow_run_id, tracking_uri=tracking_uri) \
         if mlflow_run_id else None
     report = evaluate_upscaler(cfg, testset, upscale, name=name, out_dir=out / "report", baselines={"bicubic": base},
