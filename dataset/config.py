@@ -11,6 +11,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
+UNSPLASH_FORMATS = ("png", "jpg", "pjpg", "webp")  # imgix `fm` values whose output Pillow decodes
+
 
 @dataclass(frozen=True)
 class ShardConfig:
@@ -23,6 +25,11 @@ class ShardConfig:
     jpeg_draft: bool = True  # let libjpeg decode at 1/2, 1/4, 1/8 scale when the result stays ≥ image_size
     max_pixels: int = 80_000_000  # decompression-bomb limit on width*height, checked from the header
     unsplash_width: int = 0  # ?w= for Unsplash imgix URLs; 0 = derived from the row's aspect ratio (see sources)
+    # imgix output of Unsplash URLs (always with fit=max, so the CDN never enlarges a photo). imgix re-encodes every
+    # resized image, as JPEG q=75 unless told otherwise; `fm=png` is lossless, so the only generation loss left is
+    # our own q95 encode. `jpg` with `unsplash_quality=100` costs ~3x less bandwidth but adds a q100 generation.
+    unsplash_format: str = "png"  # imgix `fm`: png (lossless), jpg, pjpg or webp
+    unsplash_quality: int = 100  # imgix `q` (1-100) for the lossy formats; sent always, ignored by imgix for png
     # --- sharding
     shard_size: int = 1000  # input rows per shard (img2dataset uses 10k; 1k keeps retries cheap)
     dedup: bool = True  # drop exact duplicates (sha256 of the downloaded bytes) within a build
@@ -47,6 +54,11 @@ class ShardConfig:
             raise ValueError(f"ShardConfig: image_size, min_side, shard_size and threads must be > 0, got {self}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"ShardConfig.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.unsplash_format not in UNSPLASH_FORMATS:
+            raise ValueError(f"ShardConfig.unsplash_format must be one of {UNSPLASH_FORMATS}, "
+                             f"got {self.unsplash_format!r}")
+        if not 1 <= self.unsplash_quality <= 100:
+            raise ValueError(f"ShardConfig.unsplash_quality must be in [1, 100], got {self.unsplash_quality}")
         if self.retries < 0 or self.max_redirects < 0:
             raise ValueError(f"ShardConfig: retries and max_redirects must be >= 0, got {self}")
 

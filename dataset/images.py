@@ -81,13 +81,38 @@ def _to_rgb8(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # CMYK, L, 1, YCbCr, LAB, HSV
 
 
-def normalise(data: bytes, cfg: ShardConfig) -> tuple[bytes, ImageInfo]:
+def too_small(width: int, height: int, cfg: ShardConfig) -> str | None:
+    """Why a `width`×`height` image is too small for `cfg` (short side < min_side, unless upscale_small lets it
+    through down to upscale_min_side), or None."""
+    short = min(width, height)
+    if short < cfg.min_side and (not cfg.upscale_small or short < cfg.upscale_min_side):
+        return f"{width}x{height}: short side {short} < min_side {cfg.min_side}"
+    return None
+
+
+def enlarged(width: int, height: int, source_size: tuple[int, int] | None) -> str | None:
+    """Why a delivered `width`×`height` image must have been enlarged by the server: a side longer than the same
+    side of the photo's own `source_size` (compared short to short and long to long, so an EXIF rotation is no
+    false alarm; 1 px of rounding allowed), or None."""
+    if source_size is None:
+        return None
+    sw, sh = source_size
+    if max(width, height) > max(sw, sh) + 1 or min(width, height) > min(sw, sh) + 1:
+        return f"delivered {width}x{height} is larger than the photo's own {sw}x{sh}"
+    return None
+
+
+def normalise(data: bytes, cfg: ShardConfig, source_size: tuple[int, int] | None = None) -> tuple[bytes, ImageInfo]:
     """Turn image bytes into `cfg.image_size`² RGB JPEG bytes.
 
+    Args:
+        source_size: the photo's own (width, height) when the source declares it (Unsplash rows); bytes whose
+            image is larger were enlarged by the server (a CDN resize without fit=max) and are rejected.
     Returns:
-        (jpeg bytes, ImageInfo of the original).
+        (jpeg bytes, ImageInfo of the decoded image).
     Raises:
-        ImageRejected: reasons `empty`, `not_an_image`, `decompression_bomb`, `decode_error`, `too_small`.
+        ImageRejected: reasons `empty`, `not_an_image`, `decompression_bomb`, `decode_error`, `upscaled`,
+            `too_small`.
     """
     if not data:
         raise ImageRejected("empty", "zero bytes")
@@ -122,9 +147,10 @@ def normalise(data: bytes, cfg: ShardConfig) -> tuple[bytes, ImageInfo]:
         im = ImageOps.exif_transpose(im)
     w, h = _orig_size_after_orientation(w0, h0, exif_orientation)  # original size (draft may have shrunk im)
     info = ImageInfo(fmt, w, h, mode0, rotated)
-    short = min(w, h)
-    if short < cfg.min_side and (not cfg.upscale_small or short < cfg.upscale_min_side):
-        raise ImageRejected("too_small", f"{w}x{h}: short side {short} < min_side {cfg.min_side}")
+    if reason := enlarged(w, h, source_size):
+        raise ImageRejected("upscaled", reason)
+    if reason := too_small(w, h, cfg):
+        raise ImageRejected("too_small", reason)
     try:
         rgb = _to_rgb8(im)
     except Exception as e:

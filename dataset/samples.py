@@ -85,7 +85,8 @@ def export_sample_photos(dest: str | Path, names: tuple[str, ...] = SAMPLE_PHOTO
 def write_unsplash_tsv(photos: list[SamplePhoto], base_url: str, out: str | Path) -> Path:
     """Write an Unsplash-style `photos.tsv` whose `photo_image_url` points at `base_url/<file name>`.
 
-    Like the real dataset, the URL has no size parameter; the builder appends `?w=…` (our server ignores it).
+    Like the real dataset, the URL has no parameters; the builder appends `?w=…&fit=max&fm=…&q=…`, which
+    `ImgixServer` honours like the CDN (a plain `PhotoServer` ignores them).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

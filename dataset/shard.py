@@ -29,7 +29,7 @@ import webdataset as wds
 from dataset import contract
 from dataset.config import ShardConfig, config_hash
 from dataset.download import Fetcher, imap_ordered
-from dataset.images import ImageRejected, normalise
+from dataset.images import ImageRejected, normalise, too_small
 from dataset.sources import ShardSpec
 
 SUCCESS, FAILED_DOWNLOAD, FAILED_PROCESS, DUPLICATE = "success", "failed_to_download", "failed_to_process", "duplicate"
@@ -37,6 +37,7 @@ FAILED = (FAILED_DOWNLOAD, FAILED_PROCESS)
 
 PARQUET_SCHEMA = pa.schema([
     ("key", pa.string()),  # tar member key (dot-free)
+    ("photo_id", pa.string()),  # the source's own id, exactly (Unsplash photo_id); null when the source has none
     ("index", pa.int32()),  # row position in the shard
     ("source", pa.string()),  # URL or path it came from
     ("caption", pa.string()),  # caption column of the source ('' if none)
@@ -48,8 +49,10 @@ PARQUET_SCHEMA = pa.schema([
     ("download_s", pa.float32()),
     ("original_bytes", pa.int64()),
     ("original_format", pa.string()),
-    ("original_width", pa.int32()),  # after EXIF orientation
-    ("original_height", pa.int32()),
+    ("original_width", pa.int32()),  # the photo's own size: the source row's (Unsplash photo_width) when it has
+    ("original_height", pa.int32()),  # one, else the decoded image's (after EXIF orientation)
+    ("delivered_width", pa.int32()),  # the image as the server delivered it (a CDN-resized one for Unsplash)
+    ("delivered_height", pa.int32()),
     ("original_mode", pa.string()),  # Pillow mode before RGB conversion (CMYK, P, I;16, RGBA…)
     ("sha256", pa.string()),  # of the downloaded bytes (the duplicate test)
     ("width", pa.int32()),  # written image (image_size) or null
@@ -163,6 +166,11 @@ class ShardBuilder:
     def _process(self, item: tuple[int, ShardSpec]) -> tuple[dict, bytes | None]:
         i, spec = item
         row, rec = spec.rows[i], self._base_record(i, spec)
+        declared = (row.width, row.height) if row.width and row.height else None
+        if declared and (reason := too_small(*declared, self.cfg)):  # known from the row: no request at all
+            rec.update(status=FAILED_PROCESS, error="too_small", error_detail=f"source row: {reason}", attempts=0,
+                       original_width=row.width, original_height=row.height)
+            return rec, None
         got = self.fetcher(row.source, row.origin)
         rec.update(http_status=got.http_status, attempts=got.attempts, download_s=round(got.seconds, 4))
         if got.error:
@@ -170,16 +178,17 @@ class ShardBuilder:
             return rec, None
         rec.update(original_bytes=len(got.data), sha256=hashlib.sha256(got.data).hexdigest())
         try:
-            jpeg, info = normalise(got.data, self.cfg)
+            jpeg, info = normalise(got.data, self.cfg, declared)
         except ImageRejected as r:
             rec.update(status=FAILED_PROCESS, error=r.reason, error_detail=r.detail[:500])
             return rec, None
         except Exception as e:  # a decoder bug on one image must not fail the shard
             rec.update(status=FAILED_PROCESS, error="process_error", error_detail=f"{type(e).__name__}: {e}"[:500])
             return rec, None
-        rec.update(status=SUCCESS, original_format=info.format, original_width=info.width,
-                   original_height=info.height, original_mode=info.mode, width=self.cfg.image_size,
-                   height=self.cfg.image_size, jpeg_bytes=len(jpeg))
+        orig_w, orig_h = declared or (info.width, info.height)
+        rec.update(status=SUCCESS, original_format=info.format, original_width=orig_w, original_height=orig_h,
+                   delivered_width=info.width, delivered_height=info.height, original_mode=info.mode,
+                   width=self.cfg.image_size, height=self.cfg.image_size, jpeg_bytes=len(jpeg))
         return rec, jpeg
 
     def _watchdog_s(self) -> float:
@@ -197,13 +206,13 @@ class ShardBuilder:
     def _base_record(i: int, spec: ShardSpec) -> dict:
         row = spec.rows[i]
         rec = {f.name: None for f in PARQUET_SCHEMA}
-        rec.update(key=spec.keys[i], index=i, source=row.source, caption=row.caption or "",
-                   meta=json.dumps(row.meta, default=str, sort_keys=True))
+        rec.update(key=spec.keys[i], photo_id=row.meta.get("photo_id") or None, index=i, source=row.source,
+                   caption=row.caption or "", meta=json.dumps(row.meta, default=str, sort_keys=True))
         return rec
 
     def _sample_json(self, rec: dict, row) -> bytes:
-        keep = ("key", "source", "caption", "original_width", "original_height", "original_format", "original_mode",
-                "sha256", "width", "height")
+        keep = ("key", "photo_id", "source", "caption", "original_width", "original_height", "delivered_width",
+                "delivered_height", "original_format", "original_mode", "sha256", "width", "height")
         return json.dumps({**{k: rec[k] for k in keep}, "meta": row.meta}, default=str, sort_keys=True).encode()
 
     def _build(self, spec: ShardSpec) -> ShardResult:

@@ -1,4 +1,5 @@
-"""Source readers and deterministic sharding: Unsplash TSV (width parameter), csv/tsv/parquet URL lists, folders."""
+"""Source readers and deterministic sharding: Unsplash TSV/CSV parts (imgix parameters, exact ids), csv/tsv/parquet
+URL lists, folders."""
 
 from __future__ import annotations
 
@@ -6,22 +7,34 @@ import pandas as pd
 import pytest
 
 from dataset.config import ShardConfig
-from dataset.samples import write_unsplash_tsv
+from dataset.samples import UNSPLASH_COLUMNS, write_unsplash_tsv
 from dataset.sources import (
     SourceRow,
     detect_kind,
+    imgix_url,
     plan_shards,
     read_source,
     sanitize_key,
     unsplash_request_width,
-    with_width,
 )
 
 
-def test_with_width_appends_or_replaces_the_w_parameter():
-    assert with_width("https://images.unsplash.com/photo-1", 1024) == "https://images.unsplash.com/photo-1?w=1024"
-    assert with_width("https://x.test/p?ixid=abc", 2048) == "https://x.test/p?ixid=abc&w=2048"
-    assert with_width("https://x.test/p?w=400&q=80", 1024) == "https://x.test/p?q=80&w=1024"
+def test_imgix_url_asks_for_full_quality_and_never_to_enlarge():
+    assert (imgix_url("https://images.unsplash.com/photo-1", 1024, "png", 100)
+            == "https://images.unsplash.com/photo-1?w=1024&fit=max&fm=png&q=100")
+    assert imgix_url("https://x.test/p?ixid=abc", 2048, "jpg", 100) == "https://x.test/p?ixid=abc&w=2048&fit=max&fm=jpg&q=100"
+    # whatever the row's URL carried that could enlarge or degrade (fit=clip, dpr, auto=compress, q, h) is replaced
+    got = imgix_url("https://x.test/p?w=400&q=80&fit=clip&dpr=2&auto=compress,format&h=9&ixlib=rb", 1024, "png", 100)
+    assert got == "https://x.test/p?ixlib=rb&w=1024&fit=max&fm=png&q=100"
+
+
+def test_imgix_output_is_configurable_and_validated():
+    cfg = ShardConfig(unsplash_format="jpg", unsplash_quality=95)
+    assert cfg.to_dict()["unsplash_format"] == "jpg" and cfg.to_dict()["unsplash_quality"] == 95  # → config.json
+    with pytest.raises(ValueError, match="unsplash_format.*'gif'"):
+        ShardConfig(unsplash_format="gif")
+    with pytest.raises(ValueError, match="unsplash_quality.*0"):
+        ShardConfig(unsplash_quality=0)
 
 
 def test_unsplash_width_keeps_the_short_side_at_image_size():
@@ -40,11 +53,47 @@ def test_unsplash_tsv_rows(sample_photos, tmp_path):
     rows = read_source(str(tmp_path), cfg)
     assert [r.key for r in rows] == [p.photo_id for p in sample_photos]
     retina = next(r for r in rows if r.key == "skimage-retina")  # 1411² → w=256 (square)
-    assert retina.source == "http://img.test/base/retina.jpg?w=256"
+    assert retina.source == "http://img.test/base/retina.jpg?w=256&fit=max&fm=png&q=100"
+    assert (retina.width, retina.height) == (1411, 1411) and retina.meta["photo_id"] == "skimage-retina"
     chelsea = next(r for r in rows if r.key == "skimage-chelsea")  # 451x300 → ceil(256 * 1.503) = 385
-    assert chelsea.source.endswith("chelsea.png?w=385")
+    assert chelsea.source.endswith("chelsea.png?w=385&fit=max&fm=png&q=100")
     assert chelsea.caption == "a photograph: chelsea" and chelsea.meta["ai_description"].startswith("chelsea")
     assert len(read_source(str(tsv), cfg, limit=5)) == 5
+
+
+def _unsplash_table(path, ids, sep):
+    df = pd.DataFrame({c: [""] * len(ids) for c in UNSPLASH_COLUMNS})
+    df["photo_id"] = ids
+    df["photo_image_url"] = [f"https://images.unsplash.com/photo-{i}" for i in range(len(ids))]
+    df["photo_width"], df["photo_height"] = "6000", "4000"
+    df.to_csv(path, sep=sep, index=False)
+
+
+@pytest.mark.parametrize("sep", ["\t", ","])
+def test_lite_140_photos_csv000_parts_are_an_unsplash_source(tmp_path, sep):
+    """Lite 1.4.0 ships `photos.csv000` (fixed in 1.4.1): the folder and the file are Unsplash sources, whether
+    the parts hold tabs (as the .tsv000 files do) or commas."""
+    _unsplash_table(tmp_path / "photos.csv000", ["a1", "b2"], sep)
+    _unsplash_table(tmp_path / "photos.csv001", ["c3"], sep)
+    assert detect_kind(str(tmp_path)) == "unsplash" and detect_kind(str(tmp_path / "photos.csv000")) == "unsplash"
+    rows = read_source(str(tmp_path), ShardConfig())
+    assert [r.key for r in rows] == ["a1", "b2", "c3"] and (rows[2].width, rows[2].height) == (6000, 4000)
+    assert rows[0].source == "https://images.unsplash.com/photo-0?w=1536&fit=max&fm=png&q=100"
+
+
+def test_a_folder_of_table_parts_is_never_an_image_folder(tmp_path):
+    _unsplash_table(tmp_path / "part-000.tsv", ["a1"], "\t")
+    _unsplash_table(tmp_path / "keywords.csv000", ["a1"], ",")
+    with pytest.raises(ValueError, match="folder of table files.*keywords.csv000.*part-000.tsv.*photos.tsv"):
+        read_source(str(tmp_path), ShardConfig())
+
+
+def test_unsplash_ids_are_kept_exactly(tmp_path):
+    ids = ["-0aB_cD1eFg", "xYz_123abc_", "__lead-ing", "plain"]  # leading '-', trailing '_' occur in real ids
+    _unsplash_table(tmp_path / "photos.tsv000", ids, "\t")
+    rows = read_source(str(tmp_path), ShardConfig())
+    assert [r.key for r in rows] == ids and [r.meta["photo_id"] for r in rows] == ids
+    assert list(plan_shards(rows, 3)[0].keys) + list(plan_shards(rows, 3)[1].keys) == ids
 
 
 @pytest.mark.parametrize("ext", ["csv", "tsv", "parquet"])
@@ -67,7 +116,7 @@ def test_folder_source_lists_images_recursively(sample_photos, tmp_path):
     rows = read_source(str(folder), ShardConfig())
     assert len(rows) == 12 and all(r.origin == "file" for r in rows)
     assert [r.key for r in rows] == sorted(r.key for r in rows)  # sorted paths: deterministic order
-    with pytest.raises(FileNotFoundError, match="no rows"):
+    with pytest.raises(FileNotFoundError, match="no images"):
         read_source(str(tmp_path), ShardConfig())
     with pytest.raises(ValueError, match="not a folder"):
         read_source(str(tmp_path / "nothing.bin"), ShardConfig())
