@@ -101,3 +101,14 @@ def test_jpeg_draft_decoding_matches_full_decoding(sample_photos):
     fast = decode_rgb(normalise(retina, ShardConfig(image_size=256, min_side=256))[0]).astype(int)
     full = decode_rgb(normalise(retina, ShardConfig(image_size=256, min_side=256, jpeg_draft=False))[0]).astype(int)
     assert np.abs(fast - full).mean() < 3
+
+
+def test_an_image_larger_than_the_photo_it_claims_to_be_is_rejected_as_upscaled(files):
+    plain = files["plain.jpg"]
+    with Image.open(io.BytesIO(plain)) as im:
+        w, h = im.size
+    with pytest.raises(ImageRejected) as e:
+        normalise(plain, CFG, source_size=(w // 2, h // 2))  # the row says half that size: the server enlarged it
+    assert e.value.reason == "upscaled" and f"{w}x{h}" in e.value.detail and f"{w // 2}x{h // 2}" in e.value.detail
+    assert normalise(plain, CFG, source_size=(4 * h, 4 * w))[1].width == w  # CDN-downsized (rotated row): fine
+    assert normalise(plain, CFG, source_size=(w, h))[1].height == h
