@@ -15,7 +15,7 @@ import json
 
 
 def register(subparsers) -> None:
-    from dataset.config import PRESETS
+    from dataset.config import PRESETS, UNSPLASH_FORMATS
 
     p = subparsers.add_parser("shard", help="source list → {root}/hr WebDataset shards (download, validate, crop)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--image-size", type=int, help="side of the square output (default 1024)")
     p.add_argument("--min-side", type=int, help="reject images whose short side is smaller (too_small)")
     p.add_argument("--upscale-small", action="store_true", default=None, help="upscale small images instead")
+    p.add_argument("--unsplash-format", choices=UNSPLASH_FORMATS,
+                   help="imgix fm= for Unsplash URLs (default png: lossless; always with fit=max)")
+    p.add_argument("--unsplash-quality", type=int, help="imgix q= for the lossy formats (default 100)")
     p.add_argument("--threads", type=int, help="download threads per shard")
     p.add_argument("--timeout", type=float, help="total seconds per download attempt")
     p.add_argument("--retries", type=int, help="extra attempts on timeouts/5xx")
@@ -53,6 +56,8 @@ def _shard(args) -> int:
 
     cfg = PRESETS[args.preset].override(shard_size=args.shard_size, image_size=args.image_size,
                                         min_side=args.min_side, upscale_small=args.upscale_small,
+                                        unsplash_format=args.unsplash_format,
+                                        unsplash_quality=args.unsplash_quality,
                                         threads=args.threads, total_timeout=args.timeout, retries=args.retries,
                                         respect_robots=args.respect_robots)
     shards = [int(x) for x in args.shards.split(",")] if args.shards else None

@@ -65,7 +65,7 @@ def test_unsplash_source_on_ray(ray_local, photo_server, sample_photos, tmp_path
     report = verify_root(str(tmp_path / "ds"))
     assert report["problems"] == [] and report["keys"] == [p.photo_id for p in sample_photos[:10]]
     rows = read_parquet(contract.hr_parquet(str(tmp_path / "ds"), 0))
-    assert rows[0]["source"].endswith("astronaut.png?w=256") and rows[0]["caption"] == "a photograph: astronaut"
+    assert rows[0]["source"].endswith("astronaut.png?w=256&fit=max&fm=png&q=100") and rows[0]["caption"] == "a photograph: astronaut"
     again = build_shards(str(tsv.parent), str(tmp_path / "ds"), cfg, limit=10)
     assert again["shards_skipped"] == 2 and again["new_images"] == 0
 

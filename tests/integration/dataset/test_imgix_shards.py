@@ -23,7 +23,9 @@ from dataset.shard import read_parquet
 pytestmark = pytest.mark.integration
 
 ODD_ID = "-0aB_cD1eF_"  # Unsplash ids may start with '-' and end with '_'
-CFG = PRESETS["tiny"].override(image_size=512, min_side=512, shard_size=16, threads=4)
+# long timeouts: the fake renders PNGs on a shared 2-core box, and a retry would be a second request
+CFG = PRESETS["tiny"].override(image_size=512, min_side=512, shard_size=16, threads=4, read_timeout=30.0,
+                               total_timeout=60.0)
 SMALL = {"coffee.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg"}  # short side < 512 in the TSV
 
 
@@ -59,7 +61,7 @@ def test_every_request_is_full_quality_never_enlarged_and_small_rows_are_not_req
     assert requests and all(q.get("fit") == "max" and q.get("fm") == "png" and q.get("q") == "100"
                             for _, q in requests), requests
     requested = {path for path, _ in requests}
-    assert requested.isdisjoint(SMALL) and "chelsea.png" in requested and len(requests) == 12 - len(SMALL)
+    assert requested.isdisjoint(SMALL) and "chelsea.png" in requested and len(requested) == 12 - len(SMALL)
     rows = {r["photo_id"]: r for r in read_parquet(contract.hr_parquet(str(tmp_path / "ds"), 0))}
     assert summary["successes"] == 7 and summary["error_counts"] == {"too_small": 5}
     for name in SMALL:  # recorded, with the size from the row, without a request
@@ -112,8 +114,22 @@ def test_a_server_that_ignores_fit_max_is_caught_as_upscaled(photo_server, sampl
 def test_the_demo_source_still_builds_with_the_tiny_preset(tmp_path):
     server, tsv = serve_sample_photos(tmp_path / "src", port=0)
     try:
-        summary = build_shards(str(tsv), str(tmp_path / "ds"), PRESETS["tiny"], use_ray=False)
+        summary = build_shards(str(tsv), str(tmp_path / "ds"), PRESETS["tiny"].override(total_timeout=60.0,
+                               read_timeout=30.0), use_ray=False)
     finally:
         server.stop()
     assert summary["successes"] == 12 and summary["error_counts"] == {}
     assert all(q["fit"] == "max" and q["fm"] == "png" for _, q in server.requests)
+
+
+def test_nsarm_shard_cli_sets_the_imgix_output(imgix_source, tmp_path, capsys):
+    from nsarm.cli import main
+
+    server, tsv = imgix_source
+    before, root = len(server.requests), str(tmp_path / "ds")
+    argv = ["shard", str(tsv), root, "--preset", "tiny", "--limit", "3", "--unsplash-format", "jpg",
+            "--unsplash-quality", "95", "--timeout", "60"]
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["successes"] == 3
+    assert [(q["fm"], q["q"], q["fit"]) for _, q in server.requests[before:]] == [("jpg", "95", "max")] * 3
+    saved = contract.read_json(contract.join(root, "hr", "config.json"))["config"]
+    assert (saved["unsplash_format"], saved["unsplash_quality"]) == ("jpg", 95)
