@@ -19,7 +19,7 @@ import json
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import fsspec
 import pyarrow as pa
@@ -155,6 +155,9 @@ class ShardBuilder:
     def __init__(self, cfg: ShardConfig, root: str, retry_failed: bool = False):
         self.cfg, self.root, self.retry_failed = cfg, root.rstrip("/"), retry_failed
         self.fetcher = Fetcher(cfg)
+        # A row that declares its size passed min_side on that size; what the CDN delivers was resized to a short
+        # side of image_size, so it is held to that (a min_side above image_size would reject every such row).
+        self._cdn_cfg = replace(cfg, min_side=min(cfg.min_side, cfg.image_size))
 
     def __call__(self, spec: ShardSpec) -> ShardResult:
         try:
@@ -178,7 +181,7 @@ class ShardBuilder:
             return rec, None
         rec.update(original_bytes=len(got.data), sha256=hashlib.sha256(got.data).hexdigest())
         try:
-            jpeg, info = normalise(got.data, self.cfg, declared)
+            jpeg, info = normalise(got.data, self._cdn_cfg if declared else self.cfg, declared)
         except ImageRejected as r:
             rec.update(status=FAILED_PROCESS, error=r.reason, error_detail=r.detail[:500])
             return rec, None

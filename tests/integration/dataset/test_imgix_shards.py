@@ -133,3 +133,16 @@ def test_nsarm_shard_cli_sets_the_imgix_output(imgix_source, tmp_path, capsys):
     assert [(q["fm"], q["q"], q["fit"]) for _, q in server.requests[before:]] == [("jpg", "95", "max")] * 3
     saved = contract.read_json(contract.join(root, "hr", "config.json"))["config"]
     assert (saved["unsplash_format"], saved["unsplash_quality"]) == ("jpg", 95)
+
+
+def test_min_side_above_image_size_is_checked_on_the_photo_not_on_the_cdn_resize(imgix_source, tmp_path):
+    """min_side=600 with 512² crops: the CDN sends hubble (1000x872) at 588x513, which is fine; rocket (640x427)
+    is too small by its row and never requested."""
+    server, tsv = imgix_source
+    before = len(server.requests)
+    summary = build_shards(str(tsv), str(tmp_path / "ds"), CFG.override(min_side=600), use_ray=False)
+    rows = {r["key"]: r for r in read_parquet(contract.hr_parquet(str(tmp_path / "ds"), 0))}
+    assert rows["skimage-hubble-deep-field"]["status"] == "success"
+    assert rows["skimage-retina"]["status"] == "success" and rows["skimage-rocket"]["error"] == "too_small"
+    assert summary["successes"] == 2 and {p for p, _ in server.requests[before:]} == {
+        "hubble_deep_field.jpg", "retina.jpg", "chelsea.png"}  # chelsea: size unknown, so asked for
