@@ -163,8 +163,8 @@ def _orig_size_after_orientation(w: int, h: int, orientation: int) -> tuple[int,
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def crop_resize_encode(img: Image.Image | np.ndarray, size: int, quality: int) -> bytes:
-    """Centre square crop of an RGB image (PIL or (H, W, 3) uint8), resized to size², as JPEG bytes.
+def crop_resize(img: Image.Image | np.ndarray, size: int) -> Image.Image:
+    """Centre square crop of an RGB image (PIL or (H, W, 3) uint8), resized to size².
 
     Downscaling uses Pillow's BOX filter, which is area averaging (OpenCV's INTER_AREA; img2dataset's
     downscale default) and crops in the same pass; upscaling uses bicubic. Pillow rather than OpenCV here: it
@@ -177,12 +177,15 @@ def crop_resize_encode(img: Image.Image | np.ndarray, size: int, quality: int) -
     left, top = (w - side) // 2, (h - side) // 2
     box = (left, top, left + side, top + side)
     if side == size:
-        out = img.crop(box)
-    else:
-        resample = Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC
-        out = img.resize((size, size), resample, box=box)
+        return img.crop(box)
+    resample = Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC
+    return img.resize((size, size), resample, box=box)
+
+
+def crop_resize_encode(img: Image.Image | np.ndarray, size: int, quality: int) -> bytes:
+    """`crop_resize` as JPEG bytes."""
     buf = io.BytesIO()
-    out.save(buf, "JPEG", quality=quality)
+    crop_resize(img, size).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
