@@ -55,7 +55,8 @@ def evaluate_folders(cfg: MetricConfig, testset: str, sr_dirs: Mapping[str, str 
     suite = suite or MetricSuite(cfg)
     per_method: dict[str, pd.DataFrame] = {
         name: score_folder(suite, d, hr_dir, eval_size=eval_size) for name, d in sr_dirs.items()}
-    report = write_report(out_dir, testset, per_method, suite.available, suite.unavailable, mu_g, per_metric_plots)
+    report = write_report(out_dir, testset, per_method, suite.available, suite.unavailable, mu_g, per_metric_plots,
+                          suite.cfg.protocol)
     if mlflow is not None:
         log_report(report, testset, cfg, mlflow, sr_dirs={k: str(v) for k, v in sr_dirs.items()},
                    hr_dir=str(hr_dir), mu_g=str(mu_g))
@@ -79,7 +80,7 @@ def evaluate_upscaler(cfg: MetricConfig, testset: TestSet, upscale_fn: UpscaleFn
                        eval_size=eval_size)
     per_method = {name: df, **dict(baselines or {})}
     report = write_report(out_dir, testset.name, per_method, suite.available, suite.unavailable, mu_g,
-                          per_metric_plots)
+                          per_metric_plots, suite.cfg.protocol)
     if mlflow is not None:
         if baselines:  # log only this checkpoint's row as metrics; the full table still goes in as an artifact
             report = Report(report.out_dir, report.summary[report.summary["method"] == name], report.files,
