@@ -53,6 +53,19 @@ LAYOUTS = {
     "rp60": ("RP60_256", "RP60_256.jsonl"),
 }
 
+# Side the paper scores SR outputs of a no-HR set at (Sec. 4.1: RP60 outputs are bicubic-downsampled to 512²).
+EVAL_SIZES = {"rp60": 512}
+
+
+def resolve_eval_size(testset: str, eval_size: int | None) -> int | None:
+    """The side to downsample no-HR SR outputs to: `eval_size` if given (0 = score at the native size), else the
+    paper's size for `testset` (512 for RP60), else None (native)."""
+    if eval_size is None:
+        return EVAL_SIZES.get(testset.lower())
+    if eval_size < 0:
+        raise ValueError(f"eval_size must be >= 0 (0 = native size), got {eval_size}")
+    return eval_size or None
+
 
 def pair_key(stem: str) -> str:
     """`Canon_001_LR4` -> `Canon_001`, `sony_1_x1` -> `sony_1`, `01` -> `01` (stems of LR, HR and SR files agree)."""
