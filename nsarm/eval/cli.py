@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     ts.add_argument("--captions", help="caption jsonl for --lr-dir")
     ts.add_argument("--synthetic-from", metavar="HR_DIR", help="build a synthetic set from HR photos (Real-ESRGAN "
                     "degradation, as the paper's DIV2K set) under --out/synthetic")
-    ts.add_argument("--synthetic-size", type=int, default=1024, help="HR crop side of the synthetic set")
+    ts.add_argument("--synthetic-size", type=int, default=1024, help="HR side of the synthetic set: short side LANCZOS-resized to it, then centre-cropped (NSARM add_deg.py)")
     ts.add_argument("--seed", type=int, default=0, help="degradation seed of the synthetic set")
     ts.add_argument("--hr-dir", help="ground-truth folder (paired by file stem); omit for no-reference only")
     ts.add_argument("--name", help="test-set name in reports (default: --testset or the LR/SR folder name)")
