@@ -87,17 +87,19 @@ def reference_scorers(weights_dir: Path, device: str, metrics, protocol: str = "
 
     from nsarm.eval.metrics import SPECS, offline_pyiqa
 
-    hub = weights_dir / "hub"  # lpips' torchvision AlexNet looks in the torch hub cache
-    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
-    link = hub / "checkpoints" / SPECS["lpips"].weights[0].filename
-    if not link.exists():
-        link.symlink_to(weights_dir / SPECS["lpips"].weights[0].filename)
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub))
-    try:
-        lp = lpips.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
-    finally:
-        torch.hub.set_dir(old)
+    lp = None
+    if "lpips" in metrics:
+        hub = weights_dir / "hub"  # lpips' torchvision AlexNet looks in the torch hub cache
+        (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
+        link = hub / "checkpoints" / SPECS["lpips"].weights[0].filename
+        if not link.exists():
+            link.symlink_to(weights_dir / SPECS["lpips"].weights[0].filename)
+        old = torch.hub.get_dir()
+        torch.hub.set_dir(str(hub))
+        try:
+            lp = lpips.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
+        finally:
+            torch.hub.set_dir(old)
     dev = torch.device(device)
     build = {"clipiqa": lambda: pyiqa.create_metric("clipiqa", device=dev, backbone=str(weights_dir / "RN50.pt")),
              "musiq": lambda: pyiqa.create_metric("musiq", device=dev),
