@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/evaluation.py [--n 4] [--size 512] [--weights-dir DIR] [--device cpu]
 
-The reference is what a user of the libraries writes by hand: BasicSR's calculate_psnr/ssim/niqe on cv2-read BGR
-images, the official `lpips.LPIPS`, and one `pyiqa.create_metric` per NR metric, each reading the PNG itself.
+The reference is what a user of the libraries writes by hand: BasicSR's calculate_psnr on cv2-read BGR images,
+pyiqa's `ssim`/`niqe` (or, with --protocol basicsr, BasicSR's calculate_ssim/niqe), the official `lpips.LPIPS`, and
+one `pyiqa.create_metric` per NR metric, each reading the PNG itself.
 Both sides score the same real photos (bundled scikit-image samples, centre-cropped to size², with a noisy copy as
 the "SR" output) and must give identical numbers. Without --weights-dir, randomly initialised weights are written
 to a temp folder (timings are representative of the real networks; the scores are not meaningful).
@@ -75,8 +76,8 @@ def photo_pairs(n: int, size: int) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def reference_scorers(weights_dir: Path, device: str, metrics) -> dict:
-    """Each library metric built and called the way its own README shows."""
+def reference_scorers(weights_dir: Path, device: str, metrics, protocol: str = "pyiqa") -> dict:
+    """Each library metric built and called the way its own README shows (SSIM/NIQE per `protocol`)."""
     import cv2
     import lpips
     import pyiqa
@@ -86,22 +87,33 @@ def reference_scorers(weights_dir: Path, device: str, metrics) -> dict:
 
     from nsarm.eval.metrics import SPECS, offline_pyiqa
 
-    hub = weights_dir / "hub"  # lpips' torchvision AlexNet looks in the torch hub cache
-    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
-    link = hub / "checkpoints" / SPECS["lpips"].weights[0].filename
-    if not link.exists():
-        link.symlink_to(weights_dir / SPECS["lpips"].weights[0].filename)
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub))
-    try:
-        lp = lpips.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
-    finally:
-        torch.hub.set_dir(old)
+    lp = None
+    if "lpips" in metrics:
+        hub = weights_dir / "hub"  # lpips' torchvision AlexNet looks in the torch hub cache
+        (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
+        link = hub / "checkpoints" / SPECS["lpips"].weights[0].filename
+        if not link.exists():
+            link.symlink_to(weights_dir / SPECS["lpips"].weights[0].filename)
+        old = torch.hub.get_dir()
+        torch.hub.set_dir(str(hub))
+        try:
+            lp = lpips.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
+        finally:
+            torch.hub.set_dir(old)
     dev = torch.device(device)
     build = {"clipiqa": lambda: pyiqa.create_metric("clipiqa", device=dev, backbone=str(weights_dir / "RN50.pt")),
              "musiq": lambda: pyiqa.create_metric("musiq", device=dev),
              "maniqa": lambda: pyiqa.create_metric("maniqa-pipal", device=dev),
              "topiq": lambda: pyiqa.create_metric("topiq_nr", device=dev)}
+    if protocol == "pyiqa":  # pyiqa's NIQE file, placed where its download would put it (from BasicSR's copy)
+        import basicsr
+        import scipy.io
+
+        npz = np.load(Path(basicsr.__file__).parent / "metrics" / "niqe_pris_params.npz")
+        scipy.io.savemat(weights_dir / "niqe_modelparameters.mat",
+                         {"mu_prisparam": npz["mu_pris_param"], "cov_prisparam": npz["cov_pris_param"]})
+        build |= {"niqe": lambda: pyiqa.create_metric("niqe", device=dev), "ssim": lambda: pyiqa.create_metric(
+            "ssim", device=dev)}
     with offline_pyiqa(weights_dir):  # pyiqa's own cache lookup; the guard only forbids downloads
         nr = {m: make() for m, make in build.items() if m in metrics}
 
@@ -120,7 +132,8 @@ def reference_scorers(weights_dir: Path, device: str, metrics) -> dict:
             "ssim": lambda s, h: calculate_ssim(read(s), read(h), 0, test_y_channel=True),
             "lpips": lambda s, h: lp(tensor(s), tensor(h), normalize=True).item(),
             "niqe": lambda s, h: calculate_niqe(read(s), 0, input_order="HWC", convert_to="y"),
-            **{m: (lambda s, h, f=f: f(tensor(s)).item()) for m, f in nr.items()},
+            **{m: (lambda s, h, f=f: f(tensor(s)).item()) for m, f in nr.items() if m != "ssim"},
+            **({"ssim": lambda s, h: nr["ssim"](tensor(s), tensor(h)).item()} if "ssim" in nr else {}),
         }
 
 
@@ -132,6 +145,7 @@ def main() -> None:
     ap.add_argument("--random-weights-dir", default=None, help="write (once) and reuse random weights here")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--metrics", default=None, help="comma list (default: all 8; MANIQA alone is ~80%% of CPU time)")
+    ap.add_argument("--protocol", default="pyiqa", choices=("pyiqa", "basicsr"), help="SSIM/NIQE protocol")
     args = ap.parse_args()
 
     import torch
@@ -140,17 +154,20 @@ def main() -> None:
     from nsarm.eval.testsets import read_rgb
 
     weights_dir = Path(args.weights_dir or args.random_weights_dir or tempfile.mkdtemp(prefix="iqa-random-"))
-    if not args.weights_dir and not (weights_dir / "RN50.pt").is_file():
+    metrics = tuple(args.metrics.split(",")) if args.metrics else PAPER_METRICS
+    deep = set(metrics) - {"psnr", "ssim", "niqe"}
+    if deep and not args.weights_dir and not (weights_dir / "RN50.pt").is_file():
         write_random_weights(weights_dir)
     pairs = photo_pairs(args.n, args.size)
 
     t0 = time.perf_counter()
-    metrics = tuple(args.metrics.split(",")) if args.metrics else PAPER_METRICS
-    suite = MetricSuite(MetricConfig(metrics=metrics, weights_dir=str(weights_dir), device=args.device))
+    suite = MetricSuite(MetricConfig(metrics=metrics, weights_dir=str(weights_dir), device=args.device,
+                                     protocol=args.protocol))
     t_build_suite = time.perf_counter() - t0
     assert not suite.unavailable, {k: v.message() for k, v in suite.unavailable.items()}
     t0 = time.perf_counter()
-    ref = {m: f for m, f in reference_scorers(weights_dir, args.device, metrics).items() if m in metrics}
+    ref = {m: f for m, f in reference_scorers(weights_dir, args.device, metrics, args.protocol).items()
+           if m in metrics}
     t_build_ref = time.perf_counter() - t0
     print(f"built: suite {t_build_suite:.1f} s, reference {t_build_ref:.1f} s", flush=True)
 
@@ -176,7 +193,7 @@ def main() -> None:
     t_ref = sum(per_metric_ref.values())
 
     diffs = {m: max(abs(o[m] - r[m]) for o, r in zip(ours, theirs, strict=True)) for m in ref}
-    print(f"{len(pairs)} real photos at {args.size}x{args.size}, device {args.device}, torch threads "
+    print(f"protocol {args.protocol}: {len(pairs)} real photos at {args.size}x{args.size}, device {args.device}, torch threads "
           f"{torch.get_num_threads()}, weights {'given' if args.weights_dir else 'random (timing only)'}")
     print("reference per metric (s/image): " + ", ".join(f"{m} {t:.3f}" for m, t in per_metric_ref.items()))
     print(f"suite {t_suite:.3f} s/image | separate library calls {t_ref:.3f} s/image | ratio {t_ref / t_suite:.2f}x")

@@ -2,7 +2,7 @@
 
 Field names follow Real-ESRGAN's `options/train_realesrgan_x4plus.yml` (and BasicSR's `RealESRGANDataset`), so a
 reader can diff the two. Defaults are the full Real-ESRGAN values that NSARM's offline `add_deg.py` uses
-(`realesrgan` preset); `light` is the variant of StableSR / SeeSR / PiSA-SR / VARSR (peers-and-anchors.md §B.3).
+(`realesrgan` preset); `nsarm-light`, `seesr` and `pisasr` equal the configs they name (cited at `PRESETS`).
 The output folder of a run is named by `deg_hash(cfg, seed)`: a change of any field or of the seed is a new folder.
 """
 
@@ -45,7 +45,9 @@ class DegradationConfig:
     poisson_scale_range: tuple[float, float] = (0.05, 3.0)
     gray_noise_prob: float = 0.4
     jpeg_range: tuple[float, float] = (30.0, 95.0)
-    # --- second-order blur
+    first_jpeg: bool = True  # JPEG after the first-order noise (NSARM add_deg.py's 'light' branch skips it)
+    # --- second order: blur, resize, noise (all skipped when second_order is False, as in add_deg.py's 'light')
+    second_order: bool = True
     second_blur_prob: float = 0.8
     kernel_list2: tuple[str, ...] = KERNEL_TYPES
     kernel_prob2: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
@@ -96,9 +98,17 @@ class DegradationConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def hash(self) -> str:
-        """12 hex digits of sha256 over the canonical JSON of every field (stable across processes/machines)."""
-        blob = json.dumps({"version": CONFIG_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        """12 hex digits of sha256 over the canonical JSON of every field (stable across processes/machines).
+
+        Fields added after CONFIG_VERSION 1 (`_ADDED_FIELDS`) enter only when not at their default, so the folders
+        of configs written before they existed keep their names.
+        """
+        d = {k: v for k, v in self.to_dict().items() if not (k in _ADDED_FIELDS and v == _ADDED_FIELDS[k])}
+        blob = json.dumps({"version": CONFIG_VERSION, **d}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_ADDED_FIELDS = {"first_jpeg": True, "second_order": True}  # name -> default
 
 
 def _upgrade_config(d: dict) -> dict:
@@ -113,19 +123,42 @@ def deg_hash(cfg: DegradationConfig, seed: int) -> str:
     return f"{cfg.hash()}-s{int(seed)}"
 
 
+# The diffusion-SR peers' lighter variant: GT USM off (their `realesrgan.py` comments `self.usm_shaper(img_gt)` out),
+# narrower resize/noise/JPEG ranges, kernels as Real-ESRGAN. SeeSR and PiSA-SR ship the same file value for value.
+_PEERS_LIGHT = dict(
+    gt_usm=False,
+    resize_range=(0.3, 1.5),
+    noise_range=(1.0, 15.0),
+    poisson_scale_range=(0.05, 2.0),
+    jpeg_range=(60.0, 95.0),
+    second_blur_prob=0.5,
+    resize_range2=(0.6, 1.2),
+    noise_range2=(1.0, 12.0),
+    poisson_scale_range2=(0.05, 1.0),
+    jpeg_range2=(60.0, 100.0),
+)
+
+# Each preset equals, value for value, the config file it names (tests/unit/degradation/test_deg_presets.py).
+# Not offered, because they cannot be matched here: StableSR (configs/stableSRNew/v2-finetune_text_T_512.yaml keeps
+# the LQ at HR size with no_degradation_prob=0.01 and narrower kernels) and VARSR (its repository is not available).
 PRESETS: dict[str, DegradationConfig] = {
-    # Full Real-ESRGAN x4plus defaults (== NSARM add_deg.py 'realesrgan', the NSARM paper's training LR).
+    # Full Real-ESRGAN x4plus defaults == NSARM infinity/dataset/add_deg.py ttt='realesrgan' (the paper's LR).
     "realesrgan": DegradationConfig(),
-    # The diffusion-SR peers' lighter variant (StableSR/SeeSR/PiSA-SR/VARSR params_realesrgan.yml); kernels unchanged.
-    "light": DegradationConfig(
-        resize_range=(0.3, 1.5),
-        noise_range=(1.0, 15.0),
+    # NSARM infinity/dataset/add_deg.py ttt='light': USM GT, first-order blur/resize/noise, no first JPEG, no second
+    # order, then the final [resize + sinc] / JPEG stage with jpeg_range2.
+    "nsarm-light": DegradationConfig(
+        resize_range=(0.5, 1.5),
+        gaussian_noise_prob=0.3,
+        noise_range=(1.0, 20.0),
         poisson_scale_range=(0.05, 2.0),
+        gray_noise_prob=0.2,
         jpeg_range=(60.0, 95.0),
-        second_blur_prob=0.5,
-        resize_range2=(0.6, 1.2),
-        noise_range2=(1.0, 12.0),
-        poisson_scale_range2=(0.05, 1.0),
-        jpeg_range2=(60.0, 100.0),
+        first_jpeg=False,
+        second_order=False,
+        jpeg_range2=(60.0, 95.0),
     ),
+    # cswry/SeeSR dataloaders/params_realesrgan.yml (used by basicsr/data/realesrgan.py).
+    "seesr": DegradationConfig(**_PEERS_LIGHT),
+    # csslc/PiSA-SR src/datasets/params.yml (used by src/datasets/realesrgan.py).
+    "pisasr": DegradationConfig(**_PEERS_LIGHT),
 }

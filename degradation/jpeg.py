@@ -74,7 +74,7 @@ def _consts(device: torch.device) -> _Consts:
 
 def quality_to_factor(quality: torch.Tensor) -> torch.Tensor:
     """libjpeg's quality scaling (float32, as DiffJPEG): q < 50 → 50/q, else (200 - 2q)/100. Clamped above 0 so
-    that q = 100 (the `light` preset's upper bound) cannot divide by zero."""
+    that q = 100 (the `seesr`/`pisasr` presets' upper bound) cannot divide by zero."""
     factor = torch.where(quality < 50, 5000.0 / quality, 200.0 - quality * 2) / 100.0
     return torch.clamp_min(factor, 1e-6)
 

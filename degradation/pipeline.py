@@ -3,6 +3,7 @@
     hr (B, 3, H, W) ─ USM ─ blur1 ─ resize1 ─ noise1 ─ JPEG1 ─ [blur2] ─ resize2 ─ noise2 ─┬ resize+sinc → JPEG2 ┬─ lr
                                                                                         └ JPEG2 → resize+sinc ┘
     lr (B, 3, H/4, W/4) uint8
+(`first_jpeg=False` drops JPEG1 and `second_order=False` the blur2/resize2/noise2 block: NSARM add_deg.py's 'light'.)
 
 Determinism: a sample's parameters are drawn up front by `sample_params(cfg, sample_seed(dataset_seed, key), …)`
 from its own numpy Generator, and its noise fields from torch Generators seeded by recorded seeds, so nothing
@@ -88,15 +89,19 @@ def sample_params(cfg: DegradationConfig, seed: int, hr_hw: tuple[int, int]) -> 
     resize_back_first = bool(rng.uniform() < cfg.resize_back_first_prob)
     final_mode = str(cfg.resize_modes[int(rng.integers(len(cfg.resize_modes)))])
     jpeg2 = float(rng.uniform(*cfg.jpeg_range2))
+    # Every draw above happens whatever the config switches off, so a preset's other draws do not shift; a step
+    # that is off is recorded as None (jpeg1; blur2/resize2/noise2 without a second order).
+    resize2["size"] = [int(h / cfg.scale * resize2["scale"]), int(w / cfg.scale * resize2["scale"])]
+    second = cfg.second_order
     return {
         "version": PARAMS_VERSION, "seed": int(seed), "hr_size": [int(h), int(w)], "scale": cfg.scale,
         "kernel_pad": cfg.blur_kernel_size,
         "usm": {"radius": cfg.usm_radius, "weight": cfg.usm_weight, "threshold": cfg.usm_threshold}
         if cfg.gt_usm else None,
-        "blur1": blur1, "resize1": resize1, "noise1": noise1, "jpeg1": jpeg1,
-        "blur2": blur2 if use_blur2 else None,
-        "resize2": {**resize2, "size": [int(h / cfg.scale * resize2["scale"]), int(w / cfg.scale * resize2["scale"])]},
-        "noise2": noise2,
+        "blur1": blur1, "resize1": resize1, "noise1": noise1, "jpeg1": jpeg1 if cfg.first_jpeg else None,
+        "blur2": blur2 if use_blur2 and second else None,
+        "resize2": resize2 if second else None,
+        "noise2": noise2 if second else None,
         "final": {"resize_back_first": resize_back_first, "mode": final_mode, "sinc": final_sinc, "jpeg": jpeg2},
     }
 
@@ -147,6 +152,19 @@ def _final(xs: list[torch.Tensor], params: list[dict], lr_hw: tuple[int, int]) -
     return xs
 
 
+def _second_order(xs: list[torch.Tensor], params: list[dict]) -> list[torch.Tensor]:
+    """Optional blur, resize relative to the final size, noise (per sample, as recorded)."""
+    device = xs[0].device
+    blur_idx = [i for i, p in enumerate(params) if p["blur2"] is not None]
+    if blur_idx:
+        k2 = _kernels([params[i] for i in blur_idx], "blur2", device)
+        blurred = _blur_by_size([xs[i] for i in blur_idx], list(k2))
+        for i, y in zip(blur_idx, blurred, strict=True):
+            xs[i] = y
+    xs = [ops.resize(xi, p["resize2"]["mode"], size=tuple(p["resize2"]["size"])) for xi, p in zip(xs, params, strict=True)]
+    return [ops.add_noise(xi, p["noise2"], _generator(p["noise2"]["seed"], device)) for xi, p in zip(xs, params, strict=True)]
+
+
 @torch.no_grad()
 def degrade_batch(hr_B3HW: torch.Tensor, params: list[dict]) -> torch.Tensor:
     """Apply recorded parameter sets to a batch of same-size HR images.
@@ -172,16 +190,10 @@ def degrade_batch(hr_B3HW: torch.Tensor, params: list[dict]) -> torch.Tensor:
     xs = ops.filter2d_each(x, _kernels(params, "blur1", device))
     xs = [ops.resize(xi, p["resize1"]["mode"], scale=p["resize1"]["scale"]) for xi, p in zip(xs, params, strict=True)]
     xs = [ops.add_noise(xi, p["noise1"], _generator(p["noise1"]["seed"], device)) for xi, p in zip(xs, params, strict=True)]
-    xs = jpeg_roundtrip([torch.clamp(xi, 0, 1) for xi in xs], [p["jpeg1"] for p in params])
-    # ---- second order: optional blur, resize relative to the final size, noise
-    blur_idx = [i for i, p in enumerate(params) if p["blur2"] is not None]
-    if blur_idx:
-        k2 = _kernels([params[i] for i in blur_idx], "blur2", device)
-        blurred = _blur_by_size([xs[i] for i in blur_idx], list(k2))
-        for i, y in zip(blur_idx, blurred, strict=True):
-            xs[i] = y
-    xs = [ops.resize(xi, p["resize2"]["mode"], size=tuple(p["resize2"]["size"])) for xi, p in zip(xs, params, strict=True)]
-    xs = [ops.add_noise(xi, p["noise2"], _generator(p["noise2"]["seed"], device)) for xi, p in zip(xs, params, strict=True)]
+    if params[0]["jpeg1"] is not None:  # on/off is the same for every sample of a config
+        xs = jpeg_roundtrip([torch.clamp(xi, 0, 1) for xi in xs], [p["jpeg1"] for p in params])
+    if params[0]["resize2"] is not None:
+        xs = _second_order(xs, params)
     # ---- final: resize to exactly HR/scale + sinc, JPEG (in the recorded order), then 8-bit
     scale = params[0]["scale"]
     xs = _final(xs, params, (h // scale, w // scale))

@@ -60,13 +60,15 @@ class BasicSRChain:
         out = filter2D(out, k(params["blur1"]))
         out = F.interpolate(out, scale_factor=params["resize1"]["scale"], mode=params["resize1"]["mode"])
         out = self._noise(out, params["noise1"])
-        out = self._jpeg(out, params["jpeg1"])
-        if params["blur2"] is not None:
-            out = filter2D(out, k(params["blur2"]))
-        r2 = params["resize2"]
-        out = F.interpolate(out, size=(int(ori_h / scale * r2["scale"]), int(ori_w / scale * r2["scale"])),
-                            mode=r2["mode"])
-        out = self._noise(out, params["noise2"])
+        if params["jpeg1"] is not None:  # add_deg.py's 'light' branch comments JPEG1 and the second order out
+            out = self._jpeg(out, params["jpeg1"])
+        if params["resize2"] is not None:
+            if params["blur2"] is not None:
+                out = filter2D(out, k(params["blur2"]))
+            r2 = params["resize2"]
+            out = F.interpolate(out, size=(int(ori_h / scale * r2["scale"]), int(ori_w / scale * r2["scale"])),
+                                mode=r2["mode"])
+            out = self._noise(out, params["noise2"])
         fin = params["final"]
         if fin["resize_back_first"]:
             out = F.interpolate(out, size=(ori_h // scale, ori_w // scale), mode=fin["mode"])

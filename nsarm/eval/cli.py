@@ -2,7 +2,10 @@
 
     nsarm eval --checkpoint ckpt.pth --testset realsr --testset-root NSARM/data/test --hr-dir RealSR/HR --out runs/e1
     nsarm eval --sr-dir nsarm=out/nsarm --sr-dir seesr=out/seesr --hr-dir RealSR/HR --name realsr --out runs/cmp
-    nsarm eval --sr-dir out/rp60 --name rp60 --eval-size 512 --weights-dir ~/iqa --mlflow-uri http://127.0.0.1:5000
+    nsarm eval --sr-dir out/rp60 --name rp60 --weights-dir ~/iqa --mlflow-uri http://127.0.0.1:5000  # scored at 512²
+
+SSIM and NIQE use pyiqa's protocol (the one behind published per-image tables); --protocol basicsr selects BasicSR's
+calculate_ssim / calculate_niqe on BT.601 Y. The report's notes name the protocol used.
 
 Weights for the deep metrics load from --weights-dir (default $NSARM_IQA_WEIGHTS or ~/.cache/nsarm/iqa); a
 metric whose weights are absent is listed as unavailable with the file to fetch, and the rest are still computed.
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from nsarm.eval.metrics import PROTOCOLS
 
 
 def register(subparsers) -> None:
@@ -29,7 +34,7 @@ def register(subparsers) -> None:
     ts.add_argument("--captions", help="caption jsonl for --lr-dir")
     ts.add_argument("--synthetic-from", metavar="HR_DIR", help="build a synthetic set from HR photos (Real-ESRGAN "
                     "degradation, as the paper's DIV2K set) under --out/synthetic")
-    ts.add_argument("--synthetic-size", type=int, default=1024, help="HR crop side of the synthetic set")
+    ts.add_argument("--synthetic-size", type=int, default=1024, help="HR side of the synthetic set: short side LANCZOS-resized to it, then centre-cropped (NSARM add_deg.py)")
     ts.add_argument("--seed", type=int, default=0, help="degradation seed of the synthetic set")
     ts.add_argument("--hr-dir", help="ground-truth folder (paired by file stem); omit for no-reference only")
     ts.add_argument("--name", help="test-set name in reports (default: --testset or the LR/SR folder name)")
@@ -37,7 +42,10 @@ def register(subparsers) -> None:
     m.add_argument("--metrics", default=None, help="comma list (default: all of the paper's)")
     m.add_argument("--weights-dir", default=None, help="folder with the metric weight files")
     m.add_argument("--crop-border", type=int, default=0, help="border cut for PSNR/SSIM/NIQE (default 0)")
-    m.add_argument("--eval-size", type=int, default=None, help="no-HR sets: downsample SR to this side (e.g. 512)")
+    m.add_argument("--eval-size", type=int, default=None, help="no-HR sets: downsample SR to this side (default: "
+                   "512 for rp60, as the paper; native otherwise; 0 = native)")
+    m.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
+                   help="SSIM/NIQE implementation: pyiqa (default, the published per-image protocol) or basicsr")
     m.add_argument("--mu-g", type=float, default=None, help="fixed mu_G for the D/P/C counts (default: pooled mean)")
     m.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="report folder")
@@ -85,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SystemExit("give exactly one of --checkpoint or --sr-dir")
     metrics = tuple(s.strip() for s in args.metrics.split(",")) if args.metrics else PAPER_METRICS
     cfg = MetricConfig(metrics=metrics, crop_border=args.crop_border, weights_dir=args.weights_dir,
-                       device=args.device)
+                       device=args.device, protocol=args.protocol)
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     target = None if args.no_mlflow or not uri else MlflowTarget(args.experiment, uri, args.run_name)
     if args.sr_dir:

@@ -1,13 +1,19 @@
 """The paper's metric suite (NSARM Table 1): PSNR/SSIM on Y, LPIPS, NIQE, CLIPIQA, MUSIQ, MANIQA, TOPIQ.
 
 Every number comes from a well-kept library, each pinned to one stated variant (`SPECS`):
-  PSNR, SSIM  BasicSR `calculate_psnr/ssim(test_y_channel=True)`: ITU-R BT.601 Y (16-235), the SR convention
-  NIQE        BasicSR `calculate_niqe` (MATLAB port; ships the pristine-model parameters, works offline)
+  PSNR        BasicSR `calculate_psnr(test_y_channel=True)`: ITU-R BT.601 Y (16-235), the SR convention
+  SSIM        pyiqa `ssim`: Y of YIQ rounded to integers, contrast-structure map clipped at zero
+  NIQE        pyiqa `niqe`: Y of YIQ (its own grey conversion), MATLAB pristine model (see `niqe_params_mat`)
   LPIPS       `lpips` package, AlexNet v0.1 (linear layers ship inside the package; AlexNet from a local file)
   CLIPIQA     pyiqa `clipiqa` (OpenAI CLIP RN50, pyiqa's antonym-prompt ensemble)
   MUSIQ       pyiqa `musiq` (KonIQ-10k, 0-100)
   MANIQA      pyiqa `maniqa-pipal` (PIPAL, as the diffusion-SR peers' scripts use; `maniqa` is KonIQ)
   TOPIQ       pyiqa `topiq_nr` (CFANet ResNet-50, KonIQ)
+
+SSIM and NIQE follow `MetricConfig.protocol`: "pyiqa" (default) is the protocol behind the per-image numbers the
+NSARM authors' lab and the diffusion-SR peers publish, so set means are comparable with Table 1; "basicsr" is
+BasicSR's `calculate_ssim` / `calculate_niqe(convert_to='y')` on BT.601 Y (`BASICSR_VARIANTS`). PSNR is the same
+under both (BasicSR and pyiqa agree to 0.003 dB).
 
 Weights are never downloaded: they load from one local folder (`weights_dir`). A metric whose files are missing is
 reported `Unavailable` (expected path + where to get the file) and the others are still computed.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import math
 import os
 import sys
@@ -54,10 +61,10 @@ SPECS: dict[str, MetricSpec] = {
     s.name: s
     for s in (
         MetricSpec("psnr", "FR", True, "basicsr.calculate_psnr, Y of BT.601 YCbCr (16-235)"),
-        MetricSpec("ssim", "FR", True, "basicsr.calculate_ssim, Y of BT.601 YCbCr, 11x11 Gaussian sigma 1.5"),
+        MetricSpec("ssim", "FR", True, "pyiqa 'ssim', Y of YIQ rounded, 11x11 Gaussian sigma 1.5, cs map >= 0"),
         MetricSpec("lpips", "FR", False, "lpips.LPIPS(net='alex', version='0.1'), RGB in [-1, 1]",
                    (WeightFile("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),)),
-        MetricSpec("niqe", "NR", False, "basicsr.calculate_niqe(convert_to='y'), pristine params shipped with BasicSR"),
+        MetricSpec("niqe", "NR", False, "pyiqa 'niqe', Y of YIQ, MATLAB pristine model (BasicSR's copy)"),
         MetricSpec("clipiqa", "NR", True, "pyiqa 'clipiqa' (CLIP RN50, prompt ensemble)",
                    (WeightFile("RN50.pt", "https://openaipublic.azureedge.net/clip/models/"
                                "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt"),)),
@@ -70,6 +77,12 @@ SPECS: dict[str, MetricSpec] = {
     )
 }
 PAPER_METRICS = tuple(SPECS)  # Table 1's column order
+PROTOCOLS = ("pyiqa", "basicsr")  # MetricConfig.protocol choices; the first is the default
+# The variants of the "basicsr" protocol; every other metric is the same under both protocols.
+BASICSR_VARIANTS = {
+    "ssim": "basicsr.calculate_ssim, Y of BT.601 YCbCr, 11x11 Gaussian sigma 1.5",
+    "niqe": "basicsr.calculate_niqe(convert_to='y'), Y of BT.601 YCbCr, MATLAB pristine model",
+}
 _PYIQA_NAMES = {"clipiqa": "clipiqa", "musiq": "musiq", "maniqa": "maniqa-pipal", "topiq": "topiq_nr"}
 _PYIQA_PIN = "pyiqa==0.1.16 (install with --no-deps, plus facexlib==0.3.0 --no-deps)"
 
@@ -87,6 +100,14 @@ class MetricConfig:
     crop_border: int = 0  # pixels cut from each edge for PSNR/SSIM/NIQE only; the peers' pyiqa scripts crop nothing
     weights_dir: str | None = None  # None -> default_weights_dir()
     device: str = "cpu"  # torch device for the deep metrics
+    protocol: str = "pyiqa"  # SSIM/NIQE implementation, one of PROTOCOLS: "pyiqa" (paper-comparable) or "basicsr"
+
+
+def variant(metric: str, protocol: str = PROTOCOLS[0]) -> str:
+    """The exact library call behind `metric` under `protocol` (for reports and MLflow params)."""
+    if protocol == "basicsr" and metric in BASICSR_VARIANTS:
+        return BASICSR_VARIANTS[metric]
+    return SPECS[metric].variant
 
 
 @dataclass(frozen=True)
@@ -136,28 +157,85 @@ def _psnr_scorer(crop_border: int) -> Scorer:
     return lambda sr, hr: float(calculate_psnr(sr[..., ::-1], hr[..., ::-1], crop_border, test_y_channel=True))
 
 
-def _ssim_scorer(crop_border: int) -> Scorer:
+def _basicsr_ssim_scorer(crop_border: int) -> Scorer:
     from basicsr.metrics.psnr_ssim import calculate_ssim
 
     return lambda sr, hr: float(calculate_ssim(sr[..., ::-1], hr[..., ::-1], crop_border, test_y_channel=True))
 
 
-NIQE_MIN_SIDE = 96  # BasicSR's NIQE works on 96x96 blocks (and their half-scale copies); smaller images have none
+def _pyiqa_ssim_scorer(crop_border: int, device: str) -> Scorer:
+    import torch
+
+    _ensure_pkg_resources()
+    import pyiqa
+
+    net = pyiqa.create_metric("ssim", device=torch.device(device), crop_border=crop_border)
+
+    def score(sr, hr):
+        with torch.inference_mode():
+            return float(net(_to_tensor(sr, device), _to_tensor(hr, device)).flatten()[0].item())
+
+    return score
 
 
-def _niqe_scorer(crop_border: int) -> Scorer:
+NIQE_MIN_SIDE = 96  # NIQE works on 96x96 blocks (and their half-scale copies); smaller images have none
+
+
+def _check_niqe_size(sr: np.ndarray, crop_border: int) -> None:
+    h, w = (d - 2 * crop_border for d in sr.shape[:2])
+    if (h // NIQE_MIN_SIDE) * (w // NIQE_MIN_SIDE) < 2:  # one block gives a singular covariance
+        raise ValueError(f"NIQE needs two {NIQE_MIN_SIDE}x{NIQE_MIN_SIDE} blocks (e.g. 192x96 px) after "
+                         f"crop_border={crop_border}, got {sr.shape[1]}x{sr.shape[0]}")
+
+
+def _basicsr_niqe_scorer(crop_border: int) -> Scorer:
     from basicsr.metrics.niqe import calculate_niqe
 
     def score(sr, hr):
-        h, w = (d - 2 * crop_border for d in sr.shape[:2])
-        if (h // NIQE_MIN_SIDE) * (w // NIQE_MIN_SIDE) < 2:  # one block gives a singular covariance
-            raise ValueError(f"NIQE needs two {NIQE_MIN_SIDE}x{NIQE_MIN_SIDE} blocks (e.g. 192x96 px) after "
-                             f"crop_border={crop_border}, got {sr.shape[1]}x{sr.shape[0]}")
+        _check_niqe_size(sr, crop_border)
         try:
             return float(calculate_niqe(sr[..., ::-1], crop_border, input_order="HWC", convert_to="y"))
         except np.linalg.LinAlgError:
             # A flat image (e.g. a collapsed output) has no natural-scene statistics: its feature covariance is
             # singular. NaN keeps the image in the table instead of aborting the whole set.
+            return math.nan
+
+    return score
+
+
+def niqe_params_mat() -> io.BytesIO:
+    """NIQE's MATLAB pristine model (`modelparameters.mat` of the LIVE release) as an in-memory .mat for pyiqa.
+
+    pyiqa downloads `niqe_modelparameters.mat` at first use; BasicSR ships the same two arrays as
+    `basicsr/metrics/niqe_pris_params.npz` (mu 1x36, cov 36x36). Re-packed under pyiqa's key names they
+    reproduce MATLAB's published NIQE to 1e-5 (benchmarks/RESULTS.md, "NIQE parameters"), so nothing is fetched.
+    """
+    import basicsr
+    import scipy.io
+
+    npz = np.load(Path(basicsr.__file__).parent / "metrics" / "niqe_pris_params.npz")
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"mu_prisparam": npz["mu_pris_param"], "cov_prisparam": npz["cov_pris_param"]})
+    buf.seek(0)
+    return buf
+
+
+def _pyiqa_niqe_scorer(crop_border: int, device: str) -> Scorer:
+    import torch
+
+    _ensure_pkg_resources()
+    import pyiqa
+
+    # scipy.io.loadmat (what pyiqa's NIQE calls on this path) reads file objects as well as paths
+    net = pyiqa.create_metric("niqe", device=torch.device(device), crop_border=crop_border,
+                              pretrained_model_path=niqe_params_mat())
+
+    def score(sr, hr):
+        _check_niqe_size(sr, crop_border)
+        try:
+            with torch.inference_mode():
+                return float(net(_to_tensor(sr, device)).flatten()[0].item())
+        except torch.linalg.LinAlgError:  # a flat image: non-finite block features (as in the BasicSR scorer)
             return math.nan
 
     return score
@@ -261,11 +339,15 @@ def missing_weights(metric: str, weights_dir: Path) -> list[Path]:
     return [weights_dir / w.filename for w in SPECS[metric].weights if not (weights_dir / w.filename).is_file()]
 
 
-def _unavailable_for(metric: str, weights_dir: Path) -> Unavailable | None:
+def _uses_pyiqa(metric: str, protocol: str) -> bool:
+    return metric in _PYIQA_NAMES or (metric in BASICSR_VARIANTS and protocol != "basicsr")
+
+
+def _unavailable_for(metric: str, weights_dir: Path, protocol: str) -> Unavailable | None:
     """Why `metric` cannot be built here (library missing and/or weight files missing), or None."""
     spec = SPECS[metric]
     reasons, steps = [], []
-    if metric in _PYIQA_NAMES and importlib.util.find_spec("pyiqa") is None:
+    if _uses_pyiqa(metric, protocol) and importlib.util.find_spec("pyiqa") is None:
         reasons.append("pyiqa is not installed")
         steps.append(f"pip install {_PYIQA_PIN}.")
     if metric == "lpips" and importlib.util.find_spec("lpips") is None:
@@ -289,6 +371,7 @@ class MetricSuite:
         suite = MetricSuite(MetricConfig(weights_dir="/models/iqa"))
         row = suite.score(sr_HW3, hr_HW3)   # {"psnr": ..., "clipiqa": ..., ...}; NaN for FR metrics without HR
         suite.unavailable                    # {"maniqa": Unavailable(...)} for metrics that could not be built
+        suite.variants                       # {"ssim": "pyiqa 'ssim', ...", ...}: what each column is
     """
 
     cfg: MetricConfig = field(default_factory=MetricConfig)
@@ -299,11 +382,13 @@ class MetricSuite:
         unknown = [m for m in self.cfg.metrics if m not in SPECS]
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; choose from {list(SPECS)}")
+        if self.cfg.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown metric protocol {self.cfg.protocol!r}; choose from {list(PROTOCOLS)}")
         if self.cfg.crop_border < 0:
             raise ValueError(f"crop_border must be >= 0, got {self.cfg.crop_border}")
         weights_dir = Path(self.cfg.weights_dir) if self.cfg.weights_dir else default_weights_dir()
         for metric in self.cfg.metrics:
-            why = _unavailable_for(metric, weights_dir)
+            why = _unavailable_for(metric, weights_dir, self.cfg.protocol)
             if why is None:
                 try:
                     self.scorers[metric] = self._build(metric, weights_dir)
@@ -317,13 +402,19 @@ class MetricSuite:
         border, device = self.cfg.crop_border, self.cfg.device
         if metric == "psnr":
             return _psnr_scorer(border)
+        basicsr = self.cfg.protocol == "basicsr"
         if metric == "ssim":
-            return _ssim_scorer(border)
+            return _basicsr_ssim_scorer(border) if basicsr else _pyiqa_ssim_scorer(border, device)
         if metric == "niqe":
-            return _niqe_scorer(border)
+            return _basicsr_niqe_scorer(border) if basicsr else _pyiqa_niqe_scorer(border, device)
         if metric == "lpips":
             return _lpips_scorer(weights_dir, device)
         return _pyiqa_scorer(metric, weights_dir, device)
+
+    @property
+    def variants(self) -> dict[str, str]:
+        """{metric: the exact library call} for every requested metric, under this suite's protocol."""
+        return {m: variant(m, self.cfg.protocol) for m in self.cfg.metrics}
 
     @property
     def available(self) -> tuple[str, ...]:

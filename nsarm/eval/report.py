@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nsarm.eval.evaluate import summarize
-from nsarm.eval.metrics import SPECS, Unavailable
+from nsarm.eval.metrics import PROTOCOLS, SPECS, Unavailable, variant
 from nsarm.eval.robustness import VARIANCE_METRICS, average_variance, plot_sorted_curves, robustness_table
 
 
@@ -77,10 +77,11 @@ def to_markdown(table: pd.DataFrame, title: str = "", notes: Sequence[str] = ())
 
 def write_report(out_dir: str | Path, testset: str, per_method: Mapping[str, pd.DataFrame], metrics: Sequence[str],
                  unavailable: Mapping[str, Unavailable] | None = None, mu_g: float | None = None,
-                 per_metric_plots: bool = False) -> Report:
+                 per_metric_plots: bool = False, protocol: str = PROTOCOLS[0]) -> Report:
     """Write summary.csv/.md, per_image.parquet, the sorted-score PNG(s) and unavailable.json under `out_dir`.
 
     Args:
+        protocol: the SSIM/NIQE protocol the numbers were computed with (`MetricConfig.protocol`); named in the notes.
         per_metric_plots: also draw one sorted curve per NR metric (the paper's Figs. B.5/B.6), ~2 s each on CPU.
     """
     if not per_method:
@@ -89,7 +90,8 @@ def write_report(out_dir: str | Path, testset: str, per_method: Mapping[str, pd.
     out_dir.mkdir(parents=True, exist_ok=True)
     table, used_mu = summary_table(per_method, metrics, mu_g)
     unavailable = dict(unavailable or {})
-    notes = [f"test set `{testset}`; variants: " + "; ".join(f"{m} = {SPECS[m].variant}" for m in metrics)]
+    notes = [f"test set `{testset}`; SSIM/NIQE protocol `{protocol}`; variants: "
+             + "; ".join(f"{m} = {variant(m, protocol)}" for m in metrics)]
     if used_mu is not None:
         notes.append(f"combined = mean(CLIPIQA, MUSIQ/100, MANIQA, TOPIQ); D/P/C = count below 1.0/0.9/0.8 x "
                      f"mu_G = {used_mu:.4f}; var = population variance over images")

@@ -18,7 +18,7 @@ import pandas as pd
 from nsarm.eval.evaluate import UpscaleFn, score_folder, score_testset
 from nsarm.eval.metrics import MetricConfig, MetricSuite
 from nsarm.eval.report import Report, write_report
-from nsarm.eval.testsets import TestSet
+from nsarm.eval.testsets import TestSet, resolve_eval_size
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,18 @@ def evaluate_folders(cfg: MetricConfig, testset: str, sr_dirs: Mapping[str, str 
                      hr_dir: str | Path | None = None, eval_size: int | None = None, mu_g: float | None = None,
                      mlflow: MlflowTarget | None = None, suite: MetricSuite | None = None,
                      per_metric_plots: bool = False) -> Report:
-    """Comparison mode: score each method's output folder on one test set, report them side by side."""
+    """Comparison mode: score each method's output folder on one test set, report them side by side.
+
+    `eval_size` None means the paper's size for `testset` (RP60: 512²; see `testsets.resolve_eval_size`).
+    """
     if not sr_dirs:
         raise ValueError("give at least one SR folder to score")
+    eval_size = resolve_eval_size(testset, eval_size)
     suite = suite or MetricSuite(cfg)
     per_method: dict[str, pd.DataFrame] = {
         name: score_folder(suite, d, hr_dir, eval_size=eval_size) for name, d in sr_dirs.items()}
-    report = write_report(out_dir, testset, per_method, suite.available, suite.unavailable, mu_g, per_metric_plots)
+    report = write_report(out_dir, testset, per_method, suite.available, suite.unavailable, mu_g, per_metric_plots,
+                          suite.cfg.protocol)
     if mlflow is not None:
         log_report(report, testset, cfg, mlflow, sr_dirs={k: str(v) for k, v in sr_dirs.items()},
                    hr_dir=str(hr_dir), mu_g=str(mu_g))
@@ -72,14 +77,16 @@ def evaluate_upscaler(cfg: MetricConfig, testset: TestSet, upscale_fn: UpscaleFn
     Args:
         baselines: per-image tables of other methods/checkpoints on the same set, reported beside this one and
             sharing its mu_G (e.g. a previous champion's `per_image.parquet` filtered to one method).
+        eval_size: None means the paper's size for the set (RP60: 512²; see `testsets.resolve_eval_size`).
     """
+    eval_size = resolve_eval_size(testset.name, eval_size)
     suite = suite or MetricSuite(cfg)
     out_dir = Path(out_dir)
     df = score_testset(suite, testset, upscale_fn, sr_out_dir=out_dir / "sr", batch_size=batch_size,
                        eval_size=eval_size)
     per_method = {name: df, **dict(baselines or {})}
     report = write_report(out_dir, testset.name, per_method, suite.available, suite.unavailable, mu_g,
-                          per_metric_plots)
+                          per_metric_plots, suite.cfg.protocol)
     if mlflow is not None:
         if baselines:  # log only this checkpoint's row as metrics; the full table still goes in as an artifact
             report = Report(report.out_dir, report.summary[report.summary["method"] == name], report.files,

@@ -6,7 +6,8 @@ Layouts (as in the NSARM release, `data/test/`):
     {root}/data/RP60_256/01.png                      no HR exists (RealPhoto60)
     {root}/path_caption/{RealSR|DRealSR|RP60}_256.jsonl  {"image_path", "h_div_w", "long_caption", ...} per line
 LR and HR files are paired by `pair_key`: the file stem without its _LR4 / _HR / _x1 / _x4 style suffix.
-The synthetic set (the paper's DIV2K protocol) centre-crops HR images and degrades them with a fixed seed.
+The synthetic set (the paper's DIV2K protocol, NSARM `add_deg.py`) resizes each HR photo's short side to 1024 with
+LANCZOS, centre-crops 1024² and degrades it with a fixed seed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ LAYOUTS = {
     "drealsr": ("DRealSR_LR_256", "DRealSR_256.jsonl"),
     "rp60": ("RP60_256", "RP60_256.jsonl"),
 }
+
+# Side the paper scores SR outputs of a no-HR set at (Sec. 4.1: RP60 outputs are bicubic-downsampled to 512²).
+EVAL_SIZES = {"rp60": 512}
+
+
+def resolve_eval_size(testset: str, eval_size: int | None) -> int | None:
+    """The side to downsample no-HR SR outputs to: `eval_size` if given (0 = score at the native size), else the
+    paper's size for `testset` (512 for RP60), else None (native)."""
+    if eval_size is None:
+        return EVAL_SIZES.get(testset.lower())
+    if eval_size < 0:
+        raise ValueError(f"eval_size must be >= 0 (0 = native size), got {eval_size}")
+    return eval_size or None
 
 
 def pair_key(stem: str) -> str:
@@ -187,33 +201,41 @@ def default_degrader(preset: str = "realesrgan") -> Degrader:
     return run
 
 
+def resize_short_side_and_centre_crop(img_HW3: np.ndarray, size: int) -> np.ndarray:
+    """NSARM `add_deg.py`'s `transform`: LANCZOS-resize so the short side is `size` (the long side truncated to an
+    int, as there; smaller photos are enlarged, as there), then cut the centre `size`² crop."""
+    from PIL import Image
+
+    h, w = img_HW3.shape[:2]
+    if w / h <= 1:  # portrait or square: the width becomes `size`
+        new_w, new_h = size, int(size / (w / h))
+    else:
+        new_w, new_h = int((w / h) * size), size
+    resized = np.asarray(Image.fromarray(img_HW3).resize((new_w, new_h), resample=Image.LANCZOS), dtype=np.uint8)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return np.ascontiguousarray(resized[top:top + size, left:left + size])
+
+
 def build_synthetic_testset(hr_dir: str | Path, out_dir: str | Path, *, size: int = 1024, seed: int = 0,
                             degrade_fn: Degrader | None = None, limit: int | None = None) -> TestSet:
-    """Centre-crop each HR image to `size`², degrade it (randomness from `seed` and the image key), save both.
+    """The paper's synthetic (DIV2K) set: each HR photo through `resize_short_side_and_centre_crop` to `size`²,
+    then degraded (randomness from `seed` and the image key), both saved.
 
     Writes `{out_dir}/HR/{key}.png` and `{out_dir}/LR/{key}.png`; a rerun with the same arguments rewrites the
-    same bytes. Images smaller than `size` on a side are skipped (listed in `{out_dir}/skipped.json`).
+    same bytes.
     """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
     degrade = degrade_fn or default_degrader()
     out_dir = Path(out_dir)
-    images, skipped = [], []
+    images = []
     for key, path in sorted(list_images(hr_dir).items()):
         if limit is not None and len(images) >= limit:
             break
-        hr = read_rgb(path)
-        h, w = hr.shape[:2]
-        if min(h, w) < size:
-            skipped.append({"key": key, "reason": f"{w}x{h} smaller than {size}"})
-            continue
-        top, left = (h - size) // 2, (w - size) // 2
-        hr = np.ascontiguousarray(hr[top:top + size, left:left + size])
+        hr = resize_short_side_and_centre_crop(read_rgb(path), size)
         lr = degrade(hr, key, seed)
         if lr.dtype != np.uint8 or lr.ndim != 3:
             raise ValueError(f"degrade_fn returned {lr.dtype} {lr.shape} for {key}; expected uint8 (h, w, 3)")
         images.append(TestImage(key, write_png(lr, out_dir / "LR" / f"{key}.png"),
                                 write_png(hr, out_dir / "HR" / f"{key}.png")))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
-    if not images:
-        raise ValueError(f"no image in {hr_dir} is at least {size}x{size}")
     return TestSet(f"synthetic-{Path(hr_dir).name}", tuple(images))

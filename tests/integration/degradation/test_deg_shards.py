@@ -78,8 +78,8 @@ def test_ray_job_s3_root(s3_bucket, make_hr_root, ray_local):
 
     root = f"{s3_bucket}/ds"
     keys = make_hr_root(root, per_shard=(2,))
-    totals = run_degradation(root, PRESETS["light"], seed=3)
-    h = deg_hash(PRESETS["light"], 3)
+    totals = run_degradation(root, PRESETS["seesr"], seed=3)
+    h = deg_hash(PRESETS["seesr"], 3)
     assert totals["n_ok"] == 2 and totals["n_failed"] == 0, totals
     _check_shard(root, h, 0, keys[0])
     assert fsspec.filesystem("s3").exists(f"{root[5:]}/lr/{h}/config.json")
@@ -153,7 +153,7 @@ def test_missing_shard_and_mixed_config_fail_cleanly(tmp_path, make_hr_root):
     assert not res.ok and "000007.tar does not exist" in res.err
     h = deg_hash(CFG, 0)
     contract.write_json_atomic(contract.join(contract.lr_dir(root, h), "config.json"),
-                               {"config": PRESETS["light"].to_dict(), "deg_hash": h, "seed": 0})
+                               {"config": PRESETS["seesr"].to_dict(), "deg_hash": h, "seed": 0})
     res = DegradeShard(root, CFG, 0)(0)
     assert not res.ok and "refusing to mix" in res.err
 
@@ -163,11 +163,11 @@ def test_cli_degrade(tmp_path, make_hr_root, capsys):
 
     root = str(tmp_path / "ds")
     keys = make_hr_root(root, per_shard=(1, 1))
-    assert main(["degrade", root, "--preset", "light", "--seed", "4", "--shards", "1"]) == 0
+    assert main(["degrade", root, "--preset", "seesr", "--seed", "4", "--shards", "1"]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert out[-1]["n_ok"] == 1 and out[-1]["deg_hash"] == deg_hash(PRESETS["light"], 4)
-    _check_shard(root, deg_hash(PRESETS["light"], 4), 1, keys[1])
-    assert not contract.exists(contract.lr_tar(root, deg_hash(PRESETS["light"], 4), 0))
+    assert out[-1]["n_ok"] == 1 and out[-1]["deg_hash"] == deg_hash(PRESETS["seesr"], 4)
+    _check_shard(root, deg_hash(PRESETS["seesr"], 4), 1, keys[1])
+    assert not contract.exists(contract.lr_tar(root, deg_hash(PRESETS["seesr"], 4), 0))
 
 
 def _jpeg(arr: np.ndarray) -> bytes:

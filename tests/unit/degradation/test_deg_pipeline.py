@@ -17,7 +17,7 @@ def batch(hr_photos):
     return torch.stack([t for _, t in hr_photos]), [k for k, _ in hr_photos]
 
 
-@pytest.mark.parametrize("preset", ["realesrgan", "light"])
+@pytest.mark.parametrize("preset", ["realesrgan", "nsarm-light", "seesr"])
 def test_output_is_exactly_hr_over_4_uint8(batch, preset):
     hr, keys = batch
     lr, params = degrade(hr, keys, PRESETS[preset], dataset_seed=0)
@@ -97,7 +97,7 @@ def test_bad_inputs_are_named(batch):
 
 
 def test_config_hash_presets_and_roundtrip():
-    a, b = PRESETS["realesrgan"], PRESETS["light"]
+    a, b = PRESETS["realesrgan"], PRESETS["seesr"]
     assert a.hash() != b.hash() and a.hash() == DegradationConfig().hash()
     assert DegradationConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
     assert deg_hash(a, 0) != deg_hash(a, 1) and deg_hash(a, 0).startswith(a.hash())

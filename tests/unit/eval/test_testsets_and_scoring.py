@@ -91,8 +91,28 @@ def test_synthetic_set_is_seeded_and_reproducible(tmp_path, sample_photos):
         assert ia.lr_path.read_bytes() == ib.lr_path.read_bytes()  # same seed -> same bytes
         assert ia.lr_path.read_bytes() != ic.lr_path.read_bytes()  # another seed -> another degradation
         assert read_rgb(ia.hr_path).shape == (400, 400, 3) and read_rgb(ia.lr_path).shape == (100, 100, 3)
-    skipped = json.loads((tmp_path / "a" / "skipped.json").read_text())
-    assert any("smaller than 400" in s["reason"] for s in skipped)  # chelsea is 451x300
+
+
+def test_synthetic_hr_follows_nsarm_add_deg_geometry(tmp_path, sample_photos):
+    """add_deg.py: LANCZOS-resize the short side to the target (long side int-truncated), then centre crop."""
+    from PIL import Image
+
+    by_id = {p.photo_id: p.path for p in sample_photos}
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    (hr_dir / "chelsea.png").write_bytes(by_id["skimage-chelsea"].read_bytes())  # 451x300, landscape
+    ts = build_synthetic_testset(hr_dir, tmp_path / "out", size=256, seed=0,
+                                 degrade_fn=lambda hr, key, seed: bicubic(hr, 0.25))
+    with Image.open(by_id["skimage-chelsea"]) as im:
+        assert im.size == (451, 300)
+        # short side 300 -> 256, long side int(451 / 300 * 256) = 384; centre crop starts at (384 - 256) // 2 = 64
+        want = np.asarray(im.convert("RGB").resize((384, 256), Image.LANCZOS))[:, 64:320]
+    got = read_rgb(ts.images[0].hr_path)
+    assert got.shape == (256, 256, 3) and np.array_equal(got, want)
+    # a photo smaller than the target is enlarged, not skipped (as add_deg.py does)
+    small = build_synthetic_testset(hr_dir, tmp_path / "big", size=512, seed=0,
+                                    degrade_fn=lambda hr, key, seed: bicubic(hr, 0.25))
+    assert read_rgb(small.images[0].hr_path).shape == (512, 512, 3)
 
 
 def test_synthetic_set_with_the_project_degradation(tmp_path, sample_photos):
