@@ -83,9 +83,10 @@ def attention_pairs(lens: list[int]) -> int:
 
 
 def reference_step(cfg: TransformerConfig, B: int, L: int, device, compile_blocks: bool = False):
-    layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim, dropout=0.0, activation="gelu",
-                                       batch_first=True, norm_first=True)
-    enc = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False).to(device)
+    with torch.device(device):
+        layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        enc = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
     if compile_blocks:
         for lay in enc.layers:
             lay.compile()
@@ -99,7 +100,8 @@ def reference_step(cfg: TransformerConfig, B: int, L: int, device, compile_block
 
 def ours_transformer_step(cfg: TransformerConfig, grids, B: int, device, compile_blocks: bool = False):
     torch.manual_seed(0)
-    tr = InfinityTransformer(cfg).to(device)
+    with torch.device(device):  # built where it trains: initialising 2B parameters on the CPU takes minutes
+        tr = InfinityTransformer(cfg)
     if compile_blocks:
         tr.compile_blocks()
     L = sum(h * w for h, w in grids)

@@ -341,7 +341,8 @@ class InfinityTransformer(nn.Module):
         kv_BST, keep = pad_packed(kv_NT, lens_B)
         cond_BC = self.text_proj_for_sos(kv_BST, keep).float()
         ca_kv_BSC = self.text_proj_for_ca(kv_BST)
-        gss_B16C = self.shared_ada_lin(cond_BC).view(-1, 1, 6, self.cfg.embed_dim).float()
+        with torch.autocast(cond_BC.device.type, enabled=False):  # fp32 in the release's trainer and sampler alike
+            gss_B16C = self.shared_ada_lin(cond_BC).view(-1, 1, 6, self.cfg.embed_dim).float()
         return Condition(cond_BC, gss_B16C, ca_kv_BSC, keep)
 
     def logits(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
@@ -384,11 +385,14 @@ class InfinityTransformer(nn.Module):
             )
         if lens[0] != 1:
             raise ValueError(f"the first scale must be 1x1 (the SOS token), got {schedule[0]}")
-        cond = self.condition(text, uncond_B)
-        sos_B1C = cond.cond_BC[:, None] + self.pos_start
-        x_BLC = torch.cat([sos_B1C, self.word_embed(x_BLd_wo_prefix.float())], dim=1)
-        lvl_L = torch.cat([torch.full((n,), i, device=x_BLC.device) for i, n in enumerate(lens)])
-        x_BLC = x_BLC + self.lvl_embed(lvl_L)  # once, before the first block
+        # The release's trainer runs the text side and the input embedding with autocast off (fp32): its blocks are
+        # where bf16 pays; the text projections and the d-wide word embedding are a sliver of the FLOPs.
+        with torch.autocast(x_BLd_wo_prefix.device.type, enabled=False):
+            cond = self.condition(text, uncond_B)
+            sos_B1C = cond.cond_BC[:, None] + self.pos_start
+            x_BLC = torch.cat([sos_B1C, self.word_embed(x_BLd_wo_prefix.float())], dim=1)
+            lvl_L = torch.cat([torch.full((n,), i, device=x_BLC.device) for i, n in enumerate(lens)])
+            x_BLC = x_BLC + self.lvl_embed(lvl_L)  # once, before the first block
         mask = self_attention_mask(lens, x_BLC.device, torch.is_grad_enabled())
         cos, sin = self._rope(schedule, full_hw, x_BLC.device)
         for i, blk in enumerate(self.blocks()):

@@ -111,3 +111,56 @@ def test_self_attention_gate_is_bf16_under_autocast_as_released():
     assert seen[0::2] == [(torch.bfloat16, torch.bfloat16)] * model.cfg.depth
     assert seen[1::2] == [(torch.float32, torch.float32)] * model.cfg.depth
     torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
+
+
+def test_text_side_and_input_embedding_stay_fp32_under_autocast_as_released():
+    """The release's trainer runs text projections, the shared AdaLN and the word embedding with autocast off, and
+    its sampler the shared AdaLN: under bf16 autocast these equal the fp32 computation bit for bit."""
+    g = torch.Generator().manual_seed(5)
+    model = _tiny()
+    text, x = _inputs(model, g)
+    seen = {}
+
+    def keep(name):
+        def hook(module, inputs, out):
+            seen.setdefault(name, out)  # the first call's output; returns None, so the output is not replaced
+        return hook
+
+    hooks = [getattr(model, name).register_forward_hook(keep(name))
+             for name in ("word_embed", "text_proj_for_ca", "shared_ada_lin")]
+    with torch.no_grad():
+        model(text, x, SCHEDULE)
+        fp32 = dict(seen)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model.condition(text)  # the sampler's call
+            assert seen["text_proj_for_ca"].dtype == torch.bfloat16  # as the release's sampler
+            seen.clear()
+            model(text, x, SCHEDULE)
+        gss = model.shared_ada_lin(got.cond_BC).view_as(got.gss_B16C)  # fp32 from the sampler's pooled text
+    for h in hooks:
+        h.remove()
+    assert torch.equal(got.gss_B16C, gss)
+    for name, out in fp32.items():
+        assert seen[name].dtype == torch.float32 and torch.equal(seen[name], out), name
+
+
+@pytest.mark.gpu
+def test_flex_training_step_matches_sdpa_on_gpu(flex_backend):
+    """On CUDA the flex backend also trains (compiled FlexAttention forward and backward): logits and gradients of a
+    bf16-autocast step equal the SDPA path's within bf16 tolerance."""
+    runs = {}
+    for backend in ("sdpa", "flex"):
+        attention.set_backend(backend)
+        model = _tiny().cuda()
+        text, x = _inputs(model, torch.Generator().manual_seed(4))
+        text = PackedText(text.features_NT.cuda(), text.lens_B)
+        mask = self_attention_mask([h * w for h, w in SCHEDULE], torch.device("cuda"), needs_grad=True)
+        assert isinstance(mask, BlockMask) == (backend == "flex")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(text, x.cuda(), SCHEDULE)
+        logits.float().square().mean().backward()
+        runs[backend] = logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(runs["flex"][0], runs["sdpa"][0], atol=3e-2, rtol=3e-2)
+    for name, grad in runs["sdpa"][1].items():
+        torch.testing.assert_close(runs["flex"][1][name], grad, atol=3e-2, rtol=5e-2, msg=name)
