@@ -56,7 +56,8 @@ if [[ "$MODE" == "gpu" ]]; then
 else
   TESTS=(tests/unit/model/test_training_kernels.py)  # the CPU halves of the checks the gpu tests repeat on CUDA
   TRAIN_BASE=(--threads 2 --repeats 1 --batch 1 --depth-2b 1 --width-2b 256 --pn-2b 0.06M)
-  TRAIN_FAST=("${TRAIN_BASE[@]}" --no-tiny --attention flex --compile)
+  # aot_eager traces the compiled blocks (dynamo + AOT autograd) without inductor's minutes of C++ codegen on a CPU
+  TRAIN_FAST=("${TRAIN_BASE[@]}" --no-tiny --attention flex --compile --compile-backend aot_eager)
   INFER=(--device cpu --shapes tiny --pn 0.06M --repeats 1)
   DEGRADE=(--device cpu --n 2 --batch 2 --size 256)
   LIMITS=(300 300 300 300 300)

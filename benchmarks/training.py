@@ -82,14 +82,14 @@ def attention_pairs(lens: list[int]) -> int:
     return pairs
 
 
-def reference_step(cfg: TransformerConfig, B: int, L: int, device, compile_blocks: bool = False):
+def reference_step(cfg: TransformerConfig, B: int, L: int, device, compile_backend: str | None = None):
     with torch.device(device):
         layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)
         enc = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
-    if compile_blocks:
+    if compile_backend:
         for lay in enc.layers:
-            lay.compile()
+            lay.compile(backend=compile_backend)
     emb, head = nn.Linear(cfg.d_vae, cfg.embed_dim).to(device), nn.Linear(cfg.embed_dim, 2 * cfg.d_vae).to(device)
     x = torch.randn(B, L, cfg.d_vae, device=device)
     y = torch.randint(0, 2, (B * L * cfg.d_vae,), device=device)
@@ -98,12 +98,12 @@ def reference_step(cfg: TransformerConfig, B: int, L: int, device, compile_block
     return adamw_step(lambda: F.cross_entropy(head(enc(emb(x), mask=mask)).reshape(-1, 2), y), params), params
 
 
-def ours_transformer_step(cfg: TransformerConfig, grids, B: int, device, compile_blocks: bool = False):
+def ours_transformer_step(cfg: TransformerConfig, grids, B: int, device, compile_backend: str | None = None):
     torch.manual_seed(0)
     with torch.device(device):  # built where it trains: initialising 2B parameters on the CPU takes minutes
         tr = InfinityTransformer(cfg)
-    if compile_blocks:
-        tr.compile_blocks()
+    if compile_backend:
+        tr.compile_blocks(backend=compile_backend)
     L = sum(h * w for h, w in grids)
     x = torch.randn(B, L - 1, cfg.d_vae, device=device)
     y = torch.randint(0, 2, (B * L * cfg.d_vae,), device=device)
@@ -125,6 +125,8 @@ def main(argv=None) -> None:
     p.add_argument("--width-2b", type=int, default=2048, help="width of the 2B-shaped model (2048; smaller for CPU)")
     p.add_argument("--attention", choices=("sdpa", "flex"), default="sdpa", help="block-causal self-attention kernel")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (ours) and encoder layer (reference)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend ('aot_eager': the CPU dry run's, traces without generating code)")
     p.add_argument("--no-tiny", action="store_true", help="skip the tiny-preset rows")
     a = p.parse_args(argv)
     if a.threads:
@@ -142,11 +144,12 @@ def main(argv=None) -> None:
     d, sched2b = a.depth_2b, get_schedule(a.pn_2b, 1.0, 1)
     grids2b, L2b = list(sched2b.grids), sched2b.num_tokens
     cfg2b = TransformerConfig(depth=d, block_chunks=min(d, 8), embed_dim=a.width_2b)
-    ours2b, p_ours = ours_transformer_step(cfg2b, grids2b, B, device, a.compile)
+    backend = a.compile_backend if a.compile else None
+    ours2b, p_ours = ours_transformer_step(cfg2b, grids2b, B, device, backend)
     ours_name, ref_name = f"2b-d{d} ours (Infinity block)", f"2b-d{d} reference encoder"
     rows.append((ours_name, timed(ours2b, a.repeats), sum(p.numel() for p in p_ours), L2b))
     del ours2b, p_ours
-    ref2b, p_ref = reference_step(cfg2b, B, L2b, device, a.compile)
+    ref2b, p_ref = reference_step(cfg2b, B, L2b, device, backend)
     rows.append((ref_name, timed(ref2b, a.repeats), sum(p.numel() for p in p_ref), L2b))
     del ref2b, p_ref
     lens2b = [h * w for h, w in grids2b]
@@ -156,7 +159,7 @@ def main(argv=None) -> None:
     precision = "bf16 autocast" if AUTOCAST["enabled"] else "fp32"
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), {precision}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}, tokens/sample tiny {L} / 2b "
-          f"{L2b} ({a.pn_2b}), 2b width {a.width_2b}, attention {a.attention}, compile {a.compile}, best of {a.repeats}")
+          f"{L2b} ({a.pn_2b}), 2b width {a.width_2b}, attention {a.attention}, compile {backend}, best of {a.repeats}")
     cuda = device.type == "cuda"
     print("| model | params | s/step | samples/s | tokens/s |" + (" MFU (6N) | MFU (6N + attention) |" if cuda else ""))
     print("|---|---|---|---|---|" + ("---|---|" if cuda else ""))

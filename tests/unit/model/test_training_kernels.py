@@ -1,5 +1,6 @@
 """Training-speed paths of the Infinity transformer, checked on CPU against the plain path: FlexAttention with a block
-mask (official `use_flex_attn`), per-block torch.compile in place, and the release's bf16 self-attention gate."""
+mask (official `use_flex_attn`), per-block torch.compile in place, and the release's bf16 and fp32 side paths under
+autocast."""
 
 from __future__ import annotations
 
@@ -9,17 +10,10 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from nsarm import attention
 from nsarm.attention import attend, block_causal_mask, flex_block_causal_mask, self_attention_mask
-from nsarm.transformer import TRANSFORMER_PRESETS, InfinityTransformer, PackedText
+from nsarm.transformer import PackedText
+from tests.unit.model.test_transformer import _tiny
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6)]  # 57 tokens: not a multiple of FlexAttention's 128-token tiles
-
-
-def _tiny(seed=0):
-    torch.manual_seed(seed)
-    model = InfinityTransformer(TRANSFORMER_PRESETS["tiny"]).eval()
-    for p in model.parameters():  # non-trivial values everywhere (zero-initialised biases would hide bugs)
-        p.data.add_(torch.randn_like(p) * 0.05)
-    return model
 
 
 def _inputs(model, g):
