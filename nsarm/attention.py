@@ -64,6 +64,8 @@ def _compiled_flex():
 def _flex(q_BHLc, k_BHSc, v_BHSc, block_mask, scale):
     from torch.nn.attention.flex_attention import flex_attention
 
+    if torch.compiler.is_compiling():  # inside a compiled block: dynamo captures the kernel with the block's graph
+        return flex_attention(q_BHLc, k_BHSc, v_BHSc, block_mask=block_mask, scale=scale)
     if q_BHLc.is_cuda:
         return _compiled_flex()(q_BHLc, k_BHSc, v_BHSc, block_mask=block_mask, scale=scale)
     with warnings.catch_warnings():  # the eager CPU form warns that it is for debugging; it is exact, only slower
