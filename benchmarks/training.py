@@ -1,6 +1,7 @@
 """Training throughput per worker: samples/s and tokens/s of one optimiser step (forward + backward + AdamW).
 
     python benchmarks/training.py [--threads 1] [--repeats 3] [--batch 2] [--depth-2b 2] [--pn-2b 0.06M] [--bf16]
+                                  [--attention sdpa|flex] [--compile] [--width-2b 2048] [--no-tiny]
 
 Models (CPU, fp32, random weights, synthetic latents — the frozen tokenizer is excluded, its latents are cached):
   tiny        the `tiny` preset, stage 1 (map net MSE) and stage 2 (end-to-end bitwise CE, Alg. 2), 521 tokens
@@ -12,7 +13,12 @@ part would cost without Infinity's AdaLN, cross-attention and RoPE. The ratio ou
 On GPU (when one is present) every step runs under bf16 autocast (as loop.py trains DDP on CUDA; --no-bf16 for
 fp32/TF32) and the script also prints MFU = 6 · N_params · tokens/s / peak_flops (bf16 dense peak given by
 --peak-tflops); attention FLOPs are left out of the 6N rule, so MFU is understated at long sequences.
+A second MFU column also counts attention: + 12 · depth · C · P per sample (forward 4·C·P for QKᵀ and AV, ×3 with the
+backward), P = visible query-key pairs (block-causal: Σ_k l_k · (l_0 + … + l_k); causal reference: L(L+1)/2).
 --depth-2b 32 --pn-2b 0.25M gives the full Infinity-2B transformer on 512² token counts (a GPU-sized run).
+--attention flex runs the block-causal self-attention with FlexAttention (CUDA; on CPU training falls back to SDPA),
+--compile compiles every block in place (`InfinityTransformer.compile_blocks`, the `compile` training option) and
+every reference encoder layer alike. --width-2b shrinks the 2B-shaped model for CPU dry runs (benchmarks/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nsarm  # noqa: F401  (torchvision shim)
+from nsarm.attention import set_backend
 from nsarm.model import build_model
 from nsarm.scales import get_schedule
 from nsarm.text import build_tiny_text_encoder
@@ -66,10 +73,23 @@ def adamw_step(loss_fn, params):
     return step
 
 
-def reference_step(cfg: TransformerConfig, B: int, L: int, device):
-    layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim, dropout=0.0, activation="gelu",
-                                       batch_first=True, norm_first=True)
-    enc = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False).to(device)
+def attention_pairs(lens: list[int]) -> int:
+    """Visible query-key pairs of the block-causal mask: scale k's l_k queries see the l_0 + … + l_k keys."""
+    seen, pairs = 0, 0
+    for n in lens:
+        seen += n
+        pairs += n * seen
+    return pairs
+
+
+def reference_step(cfg: TransformerConfig, B: int, L: int, device, compile_backend: str | None = None):
+    with torch.device(device):
+        layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        enc = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+    if compile_backend:
+        for lay in enc.layers:
+            lay.compile(backend=compile_backend)
     emb, head = nn.Linear(cfg.d_vae, cfg.embed_dim).to(device), nn.Linear(cfg.embed_dim, 2 * cfg.d_vae).to(device)
     x = torch.randn(B, L, cfg.d_vae, device=device)
     y = torch.randint(0, 2, (B * L * cfg.d_vae,), device=device)
@@ -78,9 +98,12 @@ def reference_step(cfg: TransformerConfig, B: int, L: int, device):
     return adamw_step(lambda: F.cross_entropy(head(enc(emb(x), mask=mask)).reshape(-1, 2), y), params), params
 
 
-def ours_transformer_step(cfg: TransformerConfig, grids, B: int, device):
+def ours_transformer_step(cfg: TransformerConfig, grids, B: int, device, compile_backend: str | None = None):
     torch.manual_seed(0)
-    tr = InfinityTransformer(cfg).to(device)
+    with torch.device(device):  # built where it trains: initialising 2B parameters on the CPU takes minutes
+        tr = InfinityTransformer(cfg)
+    if compile_backend:
+        tr.compile_blocks(backend=compile_backend)
     L = sum(h * w for h, w in grids)
     x = torch.randn(B, L - 1, cfg.d_vae, device=device)
     y = torch.randint(0, 2, (B * L * cfg.d_vae,), device=device)
@@ -99,19 +122,69 @@ def main(argv=None) -> None:
     p.add_argument("--pn-2b", default="0.06M", help="scale schedule of the 2B-shaped model (0.06M/0.25M/0.60M/1M)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on with CUDA, off on CPU)")
+    p.add_argument("--width-2b", type=int, default=2048, help="width of the 2B-shaped model (2048; smaller for CPU)")
+    p.add_argument("--attention", choices=("sdpa", "flex"), default="sdpa", help="block-causal self-attention kernel")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (ours) and encoder layer (reference)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend ('aot_eager': the CPU dry run's, traces without generating code)")
+    p.add_argument("--no-tiny", action="store_true", help="skip the tiny-preset rows")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    set_backend(a.attention)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     AUTOCAST["enabled"] = device.type == "cuda" if a.bf16 is None else a.bf16
     if AUTOCAST["enabled"] and device.type != "cuda":
         raise SystemExit("--bf16 needs CUDA (the CPU rows are fp32)")
     B = a.batch
     sched = get_schedule("0.06M", 1.0, 2)
+    L = sched.num_tokens
+    rows = [] if a.no_tiny else tiny_rows(B, sched, device, a.repeats)
+    # Infinity-2B shapes at the chosen depth, width and schedule
+    d, sched2b = a.depth_2b, get_schedule(a.pn_2b, 1.0, 1)
+    grids2b, L2b = list(sched2b.grids), sched2b.num_tokens
+    cfg2b = TransformerConfig(depth=d, block_chunks=min(d, 8), embed_dim=a.width_2b)
+    backend = a.compile_backend if a.compile else None
+    ours2b, p_ours = ours_transformer_step(cfg2b, grids2b, B, device, backend)
+    ours_name, ref_name = f"2b-d{d} ours (Infinity block)", f"2b-d{d} reference encoder"
+    rows.append((ours_name, timed(ours2b, a.repeats), sum(p.numel() for p in p_ours), L2b))
+    del ours2b, p_ours
+    ref2b, p_ref = reference_step(cfg2b, B, L2b, device, backend)
+    rows.append((ref_name, timed(ref2b, a.repeats), sum(p.numel() for p in p_ref), L2b))
+    del ref2b, p_ref
+    lens2b = [h * w for h, w in grids2b]
+    attn_flops = {ours_name: 12 * d * a.width_2b * attention_pairs(lens2b),
+                  ref_name: 12 * d * a.width_2b * L2b * (L2b + 1) // 2}
+
+    precision = "bf16 autocast" if AUTOCAST["enabled"] else "fp32"
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), {precision}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}, tokens/sample tiny {L} / 2b "
+          f"{L2b} ({a.pn_2b}), 2b width {a.width_2b}, attention {a.attention}, compile {backend}, best of {a.repeats}")
+    cuda = device.type == "cuda"
+    print("| model | params | s/step | samples/s | tokens/s |" + (" MFU (6N) | MFU (6N + attention) |" if cuda else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if cuda else ""))
+    for name, t, n, tokens in rows:
+        extra = ""
+        if cuda:
+            peak = a.peak_tflops * 1e12
+            extra = (f" {6 * n * B * tokens / t / peak:.1%} |"
+                     f" {(6 * n * tokens + attn_flops.get(name, 0)) * B / t / peak:.1%} |")
+        print(f"| {name} | {n:,d} | {t:.3f} | {B / t:.2f} | {B * tokens / t:,.0f} |{extra}")
+    t = {name: t for name, t, _, _ in rows}
+    if not a.no_tiny:
+        print(f"ratio tiny stage 2 / reference encoder (time per step): "
+              f"{t['tiny stage 2'] / t['tiny reference encoder']:.2f}")
+    print(f"ratio 2b-d{d} ours / reference encoder (time per step):   {t[ours_name] / t[ref_name]:.2f}")
+    if cuda:
+        print(f"MFU = FLOPs per step / s per step / {a.peak_tflops:g} TFLOP/s; FLOPs = 6 · params · tokens "
+              f"(+ 12 · depth · C · visible pairs for attention)")
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+def tiny_rows(B: int, sched, device, repeats: int) -> list[tuple[str, float, int, int]]:
+    """(name, s/step, params, tokens) of the tiny preset's stage 1 and stage 2 losses and their reference encoder."""
     grids, L = list(sched.grids), sched.num_tokens
     rows = []
-
-    # tiny, stage 1 and stage 2 (the real loss functions)
     torch.manual_seed(0)
     m = build_model("tiny", with_tokenizer=False).to(device).train()
     enc = build_tiny_text_encoder(d_model=64)
@@ -127,35 +200,8 @@ def main(argv=None) -> None:
     ref_tiny, ref_tiny_params = reference_step(m.cfg.transformer, B, L, device)
     for name, step, params in (("tiny stage 1", s1, list(m.map_transformer.parameters())),
                                ("tiny stage 2", s2, s2_params), ("tiny reference encoder", ref_tiny, ref_tiny_params)):
-        rows.append((name, timed(step, a.repeats), sum(p.numel() for p in params)))
-
-    rows = [(name, t, n, L) for name, t, n in rows]
-    # Infinity-2B shapes at the chosen depth and schedule
-    d, sched2b = a.depth_2b, get_schedule(a.pn_2b, 1.0, 1)
-    grids2b, L2b = list(sched2b.grids), sched2b.num_tokens
-    cfg2b = TransformerConfig(depth=d, block_chunks=min(d, 8))
-    ours2b, p_ours = ours_transformer_step(cfg2b, grids2b, B, device)
-    rows.append((f"2b-d{d} ours (Infinity block)", timed(ours2b, a.repeats), sum(p.numel() for p in p_ours), L2b))
-    del ours2b, p_ours
-    ref2b, p_ref = reference_step(cfg2b, B, L2b, device)
-    rows.append((f"2b-d{d} reference encoder", timed(ref2b, a.repeats), sum(p.numel() for p in p_ref), L2b))
-    del ref2b, p_ref
-
-    precision = "bf16 autocast" if AUTOCAST["enabled"] else "fp32"
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), {precision}, "
-          f"threads {torch.get_num_threads()}, batch {B}, tokens/sample tiny {L} / 2b {L2b} ({a.pn_2b}), "
-          f"best of {a.repeats}")
-    print(f"{'model':32s} {'params':>14s} {'s/step':>8s} {'samples/s':>10s} {'tokens/s':>10s}"
-          + ("  MFU" if device.type == "cuda" else ""))
-    for name, t, n, tokens in rows:
-        extra = f"  {6 * n * B * tokens / t / (a.peak_tflops * 1e12):.3%}" if device.type == "cuda" else ""
-        print(f"{name:32s} {n:14,d} {t:8.3f} {B / t:10.2f} {B * tokens / t:10.0f}{extra}")
-    t = {name: t for name, t, _, _ in rows}
-    print(f"ratio tiny stage 2 / reference encoder (time per step): {t['tiny stage 2'] / t['tiny reference encoder']:.2f}")
-    print(f"ratio 2b-d{d} ours / reference encoder (time per step):   "
-          f"{t[f'2b-d{d} ours (Infinity block)'] / t[f'2b-d{d} reference encoder']:.2f}")
-    if device.type == "cuda":
-        print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        rows.append((name, timed(step, repeats), sum(p.numel() for p in params)))
+    return [(name, t, n, L) for name, t, n in rows]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nsarm.attention import attend, block_causal_mask, pad_packed
+from nsarm.attention import attend, pad_packed, self_attention_mask
 from nsarm.rope import apply_rope, rope_angles, rope_positions
 
 Schedule = list[tuple[int, int]]
@@ -240,10 +240,20 @@ class CrossAttnBlock(nn.Module):
     def forward(self, x_BLC, gss_B16C, cond: Condition, rope_cos, rope_sin, mask=None, cache=None, layer=0):
         g1, g2, s1, s2, b1, b2 = (self.ada_gss + gss_B16C).float().unbind(2)  # each (B, 1, C), fp32
         h = self.ln_wo_grad(x_BLC.float()) * (1 + s1) + b1
-        x_BLC = x_BLC + self.drop_path(self.sa(h, rope_cos, rope_sin, mask, cache, layer) * g1)
+        # In place, as the release (`x_sa.mul_(gamma1)`): under bf16 autocast the gated branch and its drop path stay
+        # bf16 (half the traffic of an fp32 copy); the sum with the fp32 residual stream is fp32.
+        x_BLC = x_BLC + self.drop_path(self.sa(h, rope_cos, rope_sin, mask, cache, layer).mul_(g1))
         x_BLC = x_BLC + self.ca(self.ca_norm(x_BLC), cond.ca_kv_BSC, cond.ca_keep).float()  # no gate (ca_gamma=1)
         h = self.ln_wo_grad(x_BLC.float()) * (1 + s2) + b2
         return x_BLC + self.drop_path(self.ffn(h) * g2)
+
+
+    def compile_forward(self, **options) -> None:
+        """torch.compile this block's forward in place. The module stays itself: no `_orig_mod.` wrapper, so the
+        state-dict keys stay the release's, and hooks on the module (FSDP2's gather/reshard, the activation-checkpoint
+        wrapper around it) run outside the compiled region, as torchtitan's per-block compile inside FSDP2 units.
+        All blocks share one compiled graph (DropPath keeps its rate in a tensor); call before or after sharding."""
+        self.forward = torch.compile(self.forward, **options)
 
 
 class TextAttentivePool(nn.Module):
@@ -310,6 +320,11 @@ class InfinityTransformer(nn.Module):
     def blocks(self) -> list[CrossAttnBlock]:
         return [b for chunk in self.block_chunks for b in chunk.module]
 
+    def compile_blocks(self, **options) -> None:
+        """torch.compile every block in place (`CrossAttnBlock.compile_forward`); options go to torch.compile."""
+        for blk in self.blocks():
+            blk.compile_forward(**options)
+
     def condition(self, text: PackedText, uncond_B: torch.Tensor | None = None) -> Condition:
         """Text -> Condition. `uncond_B` (bool, B) replaces those captions by cfg_uncond rows (CFG / caption drop)."""
         # Captions may be encoded on another device than the model's (a CPU text encoder feeding a GPU transformer).
@@ -326,7 +341,8 @@ class InfinityTransformer(nn.Module):
         kv_BST, keep = pad_packed(kv_NT, lens_B)
         cond_BC = self.text_proj_for_sos(kv_BST, keep).float()
         ca_kv_BSC = self.text_proj_for_ca(kv_BST)
-        gss_B16C = self.shared_ada_lin(cond_BC).view(-1, 1, 6, self.cfg.embed_dim).float()
+        with torch.autocast(cond_BC.device.type, enabled=False):  # fp32 in the release's trainer and sampler alike
+            gss_B16C = self.shared_ada_lin(cond_BC).view(-1, 1, 6, self.cfg.embed_dim).float()
         return Condition(cond_BC, gss_B16C, ca_kv_BSC, keep)
 
     def logits(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
@@ -369,12 +385,15 @@ class InfinityTransformer(nn.Module):
             )
         if lens[0] != 1:
             raise ValueError(f"the first scale must be 1x1 (the SOS token), got {schedule[0]}")
-        cond = self.condition(text, uncond_B)
-        sos_B1C = cond.cond_BC[:, None] + self.pos_start
-        x_BLC = torch.cat([sos_B1C, self.word_embed(x_BLd_wo_prefix.float())], dim=1)
-        lvl_L = torch.cat([torch.full((n,), i, device=x_BLC.device) for i, n in enumerate(lens)])
-        x_BLC = x_BLC + self.lvl_embed(lvl_L)  # once, before the first block
-        mask = block_causal_mask(lens, x_BLC.device)
+        # The release's trainer runs the text side and the input embedding with autocast off (fp32): its blocks are
+        # where bf16 pays; the text projections and the d-wide word embedding are a sliver of the FLOPs.
+        with torch.autocast(x_BLd_wo_prefix.device.type, enabled=False):
+            cond = self.condition(text, uncond_B)
+            sos_B1C = cond.cond_BC[:, None] + self.pos_start
+            x_BLC = torch.cat([sos_B1C, self.word_embed(x_BLd_wo_prefix.float())], dim=1)
+            lvl_L = torch.cat([torch.full((n,), i, device=x_BLC.device) for i, n in enumerate(lens)])
+            x_BLC = x_BLC + self.lvl_embed(lvl_L)  # once, before the first block
+        mask = self_attention_mask(lens, x_BLC.device, torch.is_grad_enabled())
         cos, sin = self._rope(schedule, full_hw, x_BLC.device)
         for i, blk in enumerate(self.blocks()):
             x_BLC = blk(x_BLC, cond.gss_B16C, cond, cos, sin, mask, None, i)

@@ -21,6 +21,7 @@ from nsarm.config import frozen_from_dict
 
 STRATEGIES = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "constant", "linear")
+ATTENTIONS = ("sdpa", "flex")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class TrainConfig:
     strategy: str = "ddp"  # 'ddp' for small presets, 'fsdp' (blocks as units) for 2B/8B
     bf16: bool = True  # DDP: autocast bf16 on CUDA (CPU fp32); FSDP: bf16 blocks + autocast on any device
     activation_checkpointing: bool = False  # per transformer block (FSDP presets)
+    attention: str = "sdpa"  # block-causal self-attention: 'sdpa' (dense mask) | 'flex' (official use_flex_attn)
+    compile: bool = False  # torch.compile each transformer block in place, inside its FSDP unit (keys unchanged)
     # -- initialisation (paths; None = fresh seeded init, the tiny preset)
     tokenizer_path: str | None = None  # frozen BSQ-VAE weights (official .pth or our .safetensors)
     text_encoder_path: str | None = None  # T5 snapshot dir; None with a 'tiny-t5' model = the seeded tiny T5
@@ -71,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.stage must be 1 or 2, got {self.stage}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"TrainConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"TrainConfig.attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -12,6 +12,8 @@ in bf16 and the forward runs under bf16 autocast (loop.py), gradients are reduce
 affine LayerNorms inside blocks (then units of their own) stay fp32, as the model keeps its residual stream and
 logits in fp32; the optimiser holds fp32 master weights (FSDP2 keeps the sharded parameters in fp32).
 Activation checkpointing recomputes each block in the backward pass (10521 tokens per 1024² sample at 8B).
+With TrainConfig.compile the blocks' forwards are compiled in place before sharding (loop.py): each unit's FSDP hooks
+wrap a compiled forward, and no `_orig_mod.` wrapper enters the state-dict keys.
 
 Collective rules the loop keeps: every rank runs the same forwards (so no rank-0-only LR|SR|HR preview grids
 under FSDP), and every trained parameter gets a gradient on every rank (FSDP reduce-scatters only parameters

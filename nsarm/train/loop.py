@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from nsarm.attention import set_backend
 from nsarm.model import NSARMModel, build_model, model_config
 from nsarm.scales import get_schedule
 from nsarm.train import state as st
@@ -259,6 +260,9 @@ def train_stage(cfg: TrainConfig, root: str, ctx: Context, tracker: Tracker | No
                          reweight_by_scale=cfg.reweight_by_scale, flip_layers=cfg.bsc_flip_layers,
                          flip_strength=cfg.bsc_flip_strength, down=tok_cfg.z_down, up=tok_cfg.z_up,
                          next_mode=cfg.next_mode)
+    set_backend(cfg.attention)  # this worker process's self-attention kernel ("flex" falls back to SDPA on CPU)
+    if cfg.compile:
+        model.transformer.compile_blocks()
     stage_module = StageModule(model, cfg.stage)
     trained = wrap(stage_module, cfg, world, device)
     params = [p for p in trained.parameters() if p.requires_grad]

@@ -170,8 +170,12 @@ def test_config_presets_and_errors():
         train_config("tiny", 1, stepz=3)
     with pytest.raises(ValueError, match="unknown training preset"):
         train_config("huge", 1)
+    with pytest.raises(ValueError, match="TrainConfig.attention must be one of"):
+        train_config("tiny", 2, attention="flash")
     cfg = train_config("tiny", 2, steps=7)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    older = {k: v for k, v in cfg.to_dict().items() if k not in ("attention", "compile")}  # saved before #19
+    assert TrainConfig.from_dict(older) == cfg
 
 
 def test_batch_stream_holdout_and_position(train_root):
