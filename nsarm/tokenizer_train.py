@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,9 +31,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dataset.progress import progress_line
 from nsarm.config import TOKENIZER_PRESETS
 from nsarm.scales import schedule_for
 from nsarm.tokenizer import Tokenizer, build_tokenizer, save_tokenizer
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 GREY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 luma, as PIL's convert("L")
@@ -57,6 +61,7 @@ class TokenizerTrainConfig:
     seed: int = 0
     max_seconds: float | None = None  # stop early when this wall-clock budget is spent
     device: str | None = None  # None: cuda when available, else cpu (batches are cropped on the CPU either way)
+    log_every: int = 25  # a progress line (step, loss, samples/s, ETA) every N steps through this module's logger
 
 
 def load_photos(folder: str | Path) -> list[torch.Tensor]:
@@ -199,6 +204,11 @@ def train_tokenizer(
         opt.step()
         sched.step()
         stats.update(steps=step + 1, loss=loss.item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            elapsed = time.monotonic() - t0
+            log.info(progress_line("tokenizer warm-up", step + 1, cfg.steps, "steps", elapsed,
+                                   rate=(step + 1) * cfg.batch_size / elapsed, rate_unit="samples/s",
+                                   detail=f"loss {stats['loss']:.4f}"))
         if cfg.max_seconds is not None and time.monotonic() - t0 > cfg.max_seconds:
             break
     stats["seconds"] = time.monotonic() - t0
