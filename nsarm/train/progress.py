@@ -15,6 +15,7 @@ import threading
 import time
 
 from dataset.progress import progress_line
+from nsarm import tracking
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class TrainProgress:
 
     def __enter__(self) -> TrainProgress:
         # a resumed run's earlier steps are in the same MLflow run but took no time here: the ETA leaves them out
-        self._start_step = max((m.step for m in self._safe(self._history) or ()), default=0)
+        self._start_step = max((step for step, _ in self._safe(self._history) or ()), default=0)
         self._thread.start()
         return self
 
@@ -56,27 +57,23 @@ class TrainProgress:
             log.warning("%s: cannot read progress from MLflow (%s: %s)", self.label, type(e).__name__, e)
             return None
 
-    def _client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri)
-
-    def _history(self) -> list:
-        return self._client().get_metric_history(self.run_id, "train/loss")
+    def _history(self) -> list[tuple[int, float]]:
+        return tracking.metric_history(self.run_id, "train/loss", self.tracking_uri)
 
     def poll(self) -> str | None:
         """Log the newest step if it advanced; returns the line (None when nothing new)."""
         history = self._history()
         if not history:
             return None
-        latest = max(history, key=lambda m: m.step)
-        if latest.step == self._last_step or latest.step <= self._start_step:
+        step, loss = max(history)
+        if step == self._last_step or step <= self._start_step:
             return None
-        self._last_step = latest.step
-        per_worker = self._client().get_run(self.run_id).data.metrics.get("perf/samples_per_s_per_worker")
-        line = progress_line(self.label, latest.step, self.total, "steps", time.monotonic() - self._t0,
+        self._last_step = step
+        per_worker = tracking.get_run_data(self.run_id, self.tracking_uri)["metrics"].get(
+            "perf/samples_per_s_per_worker")
+        line = progress_line(self.label, step, self.total, "steps", time.monotonic() - self._t0,
                              rate=None if per_worker is None else per_worker * self.num_workers,
-                             rate_unit="samples/s", detail=f"loss {latest.value:.4f}",
+                             rate_unit="samples/s", detail=f"loss {loss:.4f}",
                              done_at_start=self._start_step)
         log.info(line)
         self.lines.append(line)
