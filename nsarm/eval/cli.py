@@ -64,6 +64,15 @@ def _sr_dirs(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every input path given exists, before a report folder or a synthetic set is created."""
+    from dataset.inputs import check_exists
+
+    for flag in ("checkpoint", "testset_root", "lr_dir", "captions", "hr_dir", "synthetic_from"):
+        if getattr(args, flag):
+            check_exists(getattr(args, flag), f"--{flag.replace('_', '-')}")
+
+
 def load_upscale_fn(checkpoint: str, device: str):
     """The model path's `upscale_fn(lr_images, captions=None) -> sr_images` (nsarm.inference_cli)."""
     from nsarm.inference_cli import UpscaleError, build_upscale_fn
@@ -83,6 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if bool(args.checkpoint) == bool(args.sr_dir):
         raise SystemExit("give exactly one of --checkpoint or --sr-dir")
+    _check_paths(args)
     metrics = tuple(s.strip() for s in args.metrics.split(",")) if args.metrics else PAPER_METRICS
     cfg = MetricConfig(metrics=metrics, crop_border=args.crop_border, weights_dir=args.weights_dir,
                        device=args.device)
