@@ -6,6 +6,8 @@ wrong (`nsarm degrade: error: dataset root '/data/ds-typo' does not exist`), a n
 
 from __future__ import annotations
 
+import re
+
 import fsspec
 
 from dataset import contract
@@ -15,15 +17,21 @@ class InputError(ValueError):
     """A bad command-line input; the message is one line naming the input."""
 
 
+_URI_NOT_PATH = re.compile(r"^[A-Za-z][\w+.-]+:/(?!/)")  # models:/nsarm@champion, runs:/<id>/model
+
+
 def _is_remote_url(url: str) -> bool:
     return url.startswith(("http://", "https://"))
 
 
 def check_exists(url: str, what: str) -> None:
     """`url` (local path, s3://, glob) exists, or InputError "`what` 'url' does not exist"."""
-    if _is_remote_url(url):
-        return  # fetched later, with its own per-request errors
-    fs, path = fsspec.core.url_to_fs(url)
+    if _is_remote_url(url) or _URI_NOT_PATH.match(url):
+        return  # fetched or resolved later, by code with its own errors
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError):  # a protocol fsspec does not know: its reader checks it
+        return
     found = fs.glob(path) if any(c in path for c in "*?[") else fs.exists(path)
     if not found:
         raise InputError(f"{what} {url!r} does not exist")

@@ -53,14 +53,13 @@ def run_degradation(root: str, cfg: DegradationConfig, seed: int, ray_address: s
     opts = {"num_gpus": gpus_per_task, "num_cpus": 1} if has_gpu else {"num_cpus": 1}
     if (env := object_store_env()) is not None:  # worker processes do not inherit the driver's environment
         opts["runtime_env"] = env
-    task = _degrade_shard_task.options(**opts)
 
     results: dict[int, ShardResult] = {}
     attempt_left = {s: retries for s in todo}
 
     def submit(shard: int):
-        return task.options(name=task_name("degrade", f"lr/{h}", shard)).remote(root, cfg.to_dict(), seed, shard,
-                                                                                batch_size, hr_size)
+        task = _degrade_shard_task.options(name=task_name("degrade", f"lr/{h}", shard), **opts)
+        return task.remote(root, cfg.to_dict(), seed, shard, batch_size, hr_size)
 
     pending = {submit(s): s for s in todo}
     while pending:
