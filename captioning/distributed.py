@@ -179,7 +179,7 @@ def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_addres
         run_captioning(root, "greedy", model_path="/models/llava-1.5-13b-hf", batch_size=8)
 
     Args:
-        root: dataset root (local path or s3://…), as in DESIGN.md §3.
+        root: dataset root (local path or s3://…), as in docs/DESIGN.md §3.
         cfg: caption config, or a preset name from `captioning.config.PRESETS` (default "paper"); outputs go to
             `{root}/captions/{cap_hash(cfg)}/`.
         ray_address: joins that cluster ("auto", "ray://host:10001"); None uses RAY_ADDRESS when set, else starts

@@ -4,7 +4,7 @@ remove cross-shard duplicates, summarise. The Prefect flow and `nsarm shard` bot
     from dataset.build import build_shards
     summary = build_shards("photos.tsv", "s3://bucket/ds", PRESETS["tiny"], limit=100)
 
-Rerunning the same call is the recovery path: done shards are skipped, partial ones rebuilt (DESIGN §3).
+Rerunning the same call is the recovery path: done shards are skipped, partial ones rebuilt (docs/DESIGN.md §3).
 """
 
 from __future__ import annotations

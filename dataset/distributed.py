@@ -1,4 +1,4 @@
-"""The Ray distributor of the shard stage (the only module of `dataset/` that imports ray, DESIGN §2).
+"""The Ray distributor of the shard stage (the only module of `dataset/` that imports ray, docs/DESIGN.md §2).
 
 One Ray task per shard, `num_cpus=cfg.cpus_per_task` declared, named `shard hr@<config hash> shard 000042` so the Ray
 dashboard's task table doubles as a progress view. Connects to `ray_address` or `$RAY_ADDRESS` (a real cluster), else starts a

@@ -232,7 +232,7 @@ class DatasetReader(torch.utils.data.IterableDataset):
                     lkey, lr_files, lerr = next(lr)
                     if lerr or lkey != key:
                         raise ValueError(f"{contract.lr_tar(self.root, self.deg_hash, shard)}: key {lkey!r} where "
-                                         f"the HR tar has {key!r} (LR tars must follow HR order, DESIGN §3)")
+                                         f"the HR tar has {key!r} (LR tars must follow HR order, docs/DESIGN.md §3)")
                 if t in wanted:
                     block[t] = self._sample(shard, key, files, lr_files, captions)
             # yield in visiting order (the block's permutation), which is also increasing global position
