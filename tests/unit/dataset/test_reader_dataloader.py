@@ -17,12 +17,11 @@ def real_root(tmp_path_factory, sample_photos):
     process (LR 64²) and captioned from metadata."""
     from captioning.config import preset
     from captioning.worker import caption_shards
+    from dataset.build import build_shards
+    from dataset.config import PRESETS as PRESETS_HR
     from dataset.manifest import write_manifest
     from degradation.config import PRESETS
     from degradation.worker import DegradeShard
-
-    from dataset.build import build_shards
-    from dataset.config import PRESETS as PRESETS_HR
 
     root = str(tmp_path_factory.mktemp("real_root"))
     cfg = PRESETS_HR["tiny"].override(shard_size=3, threads=2)
