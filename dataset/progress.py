@@ -30,14 +30,15 @@ def eta_seconds(done: int, total: int, elapsed: float, done_at_start: int = 0) -
 
 
 def progress_line(stage: str, done: int, total: int, unit: str, elapsed: float, *, rate: float | None = None,
-                  rate_unit: str = "", detail: str = "", done_at_start: int = 0) -> str:
-    """`stage: done/total unit (pct) | detail | rate rate_unit | elapsed | ETA` (empty parts left out)."""
+                  rate_unit: str = "", detail: str = "", done_at_start: int = 0, eta: float | None = None) -> str:
+    """`stage: done/total unit (pct) | detail | rate rate_unit | elapsed | ETA` (empty parts left out); `eta`
+    replaces the estimate from the average rate (e.g. when start-up time would inflate it)."""
     parts = [f"{stage}: {done}/{total} {unit} ({100 * done / total if total else 100:.0f}%)"]
     if detail:
         parts.append(detail)
     if rate is not None:
         parts.append(f"{rate:.2f} {rate_unit}".rstrip())
     parts.append(f"elapsed {format_seconds(elapsed)}")
-    eta = eta_seconds(done, total, elapsed, done_at_start)
+    eta = eta_seconds(done, total, elapsed, done_at_start) if eta is None else eta
     parts.append("done" if done >= total else (f"ETA {format_seconds(eta)}" if eta is not None else "ETA ?"))
     return " | ".join(parts)

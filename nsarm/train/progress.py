@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from dataset.progress import progress_line
+from dataset.progress import eta_seconds, progress_line
 from nsarm import tracking
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class TrainProgress:
         self.tracking_uri, self.poll_s = tracking_uri, poll_s
         self.lines: list[str] = []  # what was logged (the flow's summary and tests read it)
         self._last_step, self._start_step = None, 0
+        self._first: tuple[float, int] | None = None  # (time, step) of the first step seen
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         ctx = contextvars.copy_context()  # the caller's Prefect run context, if any
@@ -69,12 +70,17 @@ class TrainProgress:
         if step == self._last_step or step <= self._start_step:
             return None
         self._last_step = step
+        now = time.monotonic()
+        if self._first is None:  # Ray Train's start-up comes before the first step: rate from here on
+            self._first = (now, step)
+        t_first, step_first = self._first
+        eta = eta_seconds(step, self.total, now - t_first, step_first) if step > step_first else None
         per_worker = tracking.get_run_data(self.run_id, self.tracking_uri)["metrics"].get(
             "perf/samples_per_s_per_worker")
-        line = progress_line(self.label, step, self.total, "steps", time.monotonic() - self._t0,
+        line = progress_line(self.label, step, self.total, "steps", now - self._t0,
                              rate=None if per_worker is None else per_worker * self.num_workers,
-                             rate_unit="samples/s", detail=f"loss {loss:.4f}",
-                             done_at_start=self._start_step)
+                             rate_unit="samples/s", detail=f"loss {loss:.4f}", eta=eta,
+                             done_at_start=step if eta is None else 0)  # no rate yet: "ETA ?"
         log.info(line)
         self.lines.append(line)
         return line
