@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset.progress import progress_line
+from dataset.progress import eta_seconds, progress_line
 from nsarm.config import TOKENIZER_PRESETS
 from nsarm.scales import schedule_for
 from nsarm.tokenizer import Tokenizer, build_tokenizer, save_tokenizer
@@ -210,7 +210,10 @@ def train_tokenizer(
         # every log_every steps, and at least every LOG_EVERY_S seconds when steps are slow, and at the end
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps or out_of_time or elapsed - logged_at > LOG_EVERY_S:
             logged_at = elapsed
-            log.info(progress_line("tokenizer warm-up", step + 1, cfg.steps, "steps", elapsed,
+            eta = eta_seconds(step + 1, cfg.steps, elapsed)
+            if cfg.max_seconds is not None and eta is not None:  # the time budget ends it sooner
+                eta = min(eta, max(cfg.max_seconds - elapsed, 0.0))
+            log.info(progress_line("tokenizer warm-up", step + 1, cfg.steps, "steps", elapsed, eta=eta,
                                    rate=(step + 1) * cfg.batch_size / elapsed, rate_unit="samples/s",
                                    detail=f"loss {stats['loss']:.4f}" + (" (time budget spent)" if out_of_time else "")))
         if out_of_time:
