@@ -37,16 +37,37 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
+def _check_inputs(root: str, cfg, shards: list[int] | None) -> None:
+    """Root, shards, LR version and model directory exist, before anything is created (InputError otherwise)."""
+    from pathlib import Path
+
+    from captioning.captioner import missing_model_message
+    from dataset import contract
+    from dataset.inputs import InputError, check_dataset_root, check_exists
+
+    check_dataset_root(root, shards)
+    if cfg.image == "lr":
+        check_exists(contract.lr_dir(root, cfg.deg_hash or ""), "--deg-hash: LR folder")
+    if cfg.backend == "llava" and not (Path(cfg.model_path or "") / "config.json").is_file():
+        raise InputError(f"--model-path: {missing_model_message(cfg.model_path or '')}")
+
+
 def _run(args) -> int:
     import logging
 
     from captioning.config import preset
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = preset(args.preset, backend=args.backend, model_path=args.model_path, question=args.question,
-                 greedy=args.greedy, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                 dtype=args.dtype, image=args.image, deg_hash=args.deg_hash)
+    from dataset.inputs import InputError
+
+    try:
+        cfg = preset(args.preset, backend=args.backend, model_path=args.model_path, question=args.question,
+                     greedy=args.greedy, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                     dtype=args.dtype, image=args.image, deg_hash=args.deg_hash)
+    except ValueError as e:  # e.g. --image lr without --deg-hash
+        raise InputError(str(e)) from None
     shards = [int(s) for s in args.shards.split(",")] if args.shards else None
+    _check_inputs(args.root, cfg, shards)
     if args.ray:
         from captioning.distributed import run_captioning
 

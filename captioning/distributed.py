@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,9 +24,10 @@ from dataclasses import replace
 import ray
 from ray.exceptions import RayActorError
 
-from captioning.config import CaptionConfig, preset
+from captioning.config import CaptionConfig, cap_hash, preset
 from captioning.worker import CaptionWorker, ShardResult, input_shards, summarize, write_config
-from dataset.distributed import connect, object_store_env
+from dataset.distributed import connect, object_store_env, task_name
+from dataset.progress import progress_line
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class CaptionPool:
     def __init__(self, root: str, cfg: CaptionConfig, num_actors: int | None = None, gpus_per_actor: float = 1.0,
                  cpus_per_actor: float = 1.0, max_retries: int = 2, max_actor_restarts: int | None = None):
         self.root, self.cfg, self.max_retries = root, cfg, max_retries
+        self.cap_hash = cap_hash(cfg)
         resources = ray.cluster_resources()
         use_gpu = resources.get("GPU", 0) > 0 and cfg.device != "cpu" and cfg.backend == "llava"
         if use_gpu:
@@ -84,6 +87,8 @@ class CaptionPool:
         opts = dict(self.options)
         if (env := object_store_env()) is not None:  # actors on a running cluster do not inherit our environment
             opts["runtime_env"] = env
+        # named actors must be unique on the cluster: a counter and a random suffix keep two pools apart
+        opts["name"] = f"caption captions/{self.cap_hash} actor {len(self.actors)} {uuid.uuid4().hex[:6]}"
         actor = CaptionActor.options(**opts).remote(self.root, self.cfg, self.torch_threads)
         self.actors.append(actor)
         return actor
@@ -117,7 +122,8 @@ class CaptionPool:
         while queue or self._inflight:
             while queue and idle:
                 actor, shard = idle.pop(), queue.popleft()
-                self._inflight[actor.run.remote(shard)] = (actor, shard)
+                name = task_name("caption", f"captions/{self.cap_hash}", shard)
+                self._inflight[actor.run.options(name=name).remote(shard)] = (actor, shard)
             if not self._inflight:  # every actor died and no replacement is allowed
                 for shard in queue:
                     results[shard] = ShardResult(False, shard, err="no live caption actor left")
@@ -139,8 +145,8 @@ class CaptionPool:
             results[shard] = result
             captions += result.n if not result.skipped else 0
             rate = captions / max(time.perf_counter() - t0, 1e-9)
-            log.info("captions: %d/%d shards, %d captions, %.2f captions/s", len(results), len(shards), captions,
-                     rate)
+            log.info(progress_line("caption", len(results), len(shards), "shards", time.perf_counter() - t0,
+                                   rate=rate, rate_unit="captions/s", detail=f"shard {shard:06d}, {captions} captions"))
             if progress is not None:
                 progress({"done": len(results), "total": len(shards), "shard": shard, "ok": result.ok,
                           "captions": captions, "captions_per_s": rate, "actor_failures": self.actor_failures})
@@ -173,7 +179,7 @@ def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_addres
         run_captioning(root, "greedy", model_path="/models/llava-1.5-13b-hf", batch_size=8)
 
     Args:
-        root: dataset root (local path or s3://…), as in DESIGN.md §3.
+        root: dataset root (local path or s3://…), as in docs/DESIGN.md §3.
         cfg: caption config, or a preset name from `captioning.config.PRESETS` (default "paper"); outputs go to
             `{root}/captions/{cap_hash(cfg)}/`.
         ray_address: joins that cluster ("auto", "ray://host:10001"); None uses RAY_ADDRESS when set, else starts

@@ -135,7 +135,7 @@ def photo_jpeg(path: str | Path, size: int = 256, quality: int = 95) -> bytes:
 
 def write_hr_shard(root: str, shard: int, samples: list[tuple[str, bytes, dict]]) -> None:
     """Write `{root}/hr/{shard:06d}.tar` ({key}.jpg + {key}.json) and its `_stats.json` done marker, following
-    DESIGN.md §3, for tests and demos that run before (or without) the dataset stage's shard writer."""
+    docs/DESIGN.md §3, for tests and demos that run before (or without) the dataset stage's shard writer."""
     import hashlib
     import json
 

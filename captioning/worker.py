@@ -1,6 +1,6 @@
 """The caption stage's per-shard callable (STYLE G8) and its plain single-process loop.
 
-Reads   {root}/hr/{shard:06d}.tar                    {key}.jpg + {key}.json (source metadata), DESIGN.md §3
+Reads   {root}/hr/{shard:06d}.tar                    {key}.jpg + {key}.json (source metadata), docs/DESIGN.md §3
         {root}/lr/{deg_hash}/{shard:06d}.tar         {key}.png, when CaptionConfig.image == "lr"
 Writes  {root}/captions/{cap_hash}/config.json       asdict(CaptionConfig) (G3)
         {root}/captions/{cap_hash}/{shard:06d}.parquet  one row per HR sample, in tar order:

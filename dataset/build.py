@@ -4,7 +4,7 @@ remove cross-shard duplicates, summarise. The Prefect flow and `nsarm shard` bot
     from dataset.build import build_shards
     summary = build_shards("photos.tsv", "s3://bucket/ds", PRESETS["tiny"], limit=100)
 
-Rerunning the same call is the recovery path: done shards are skipped, partial ones rebuilt (DESIGN §3).
+Rerunning the same call is the recovery path: done shards are skipped, partial ones rebuilt (docs/DESIGN.md §3).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from dataset import contract
 from dataset.config import ShardConfig, config_hash
+from dataset.progress import progress_line
 from dataset.shard import ShardBuilder, ShardResult
 from dataset.sources import plan_shards, read_source
 
@@ -37,10 +38,11 @@ def print_progress(started: float) -> Callable[[ShardResult, int, int], None]:
 
     def report(res: ShardResult, done: int, total: int) -> None:
         images[0] += 0 if res.skipped else res.n
-        rate = images[0] / max(time.monotonic() - started, 1e-6)
+        elapsed = time.monotonic() - started
         state = "skipped" if res.skipped else ("ok" if res.ok else "FAILED")
-        print(f"[shard] {done}/{total} shards | shard {res.shard_id:06d} {state} ({res.n} images) | "
-              f"{images[0]} new images, {rate:.1f} images/s", file=sys.stderr, flush=True)
+        print(progress_line("shard", done, total, "shards", elapsed, rate=images[0] / max(elapsed, 1e-6),
+                            rate_unit="images/s", detail=f"shard {res.shard_id:06d} {state}, {res.n} images"),
+              file=sys.stderr, flush=True)
         if not res.ok:
             print(f"[shard] shard {res.shard_id:06d} error: {(res.err or '').splitlines()[0]}", file=sys.stderr)
 

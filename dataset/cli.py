@@ -50,9 +50,24 @@ def register(subparsers) -> None:
     s.set_defaults(func=_serve_photos)
 
 
+def _check_source(source: str) -> None:
+    """The source exists and is a kind `nsarm shard` reads (InputError otherwise; nothing is created)."""
+    from dataset.inputs import InputError, check_exists
+    from dataset.sources import detect_kind
+
+    check_exists(source, "source")
+    if not source.startswith(("http://", "https://")):
+        try:
+            detect_kind(source)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+
 def _shard(args) -> int:
     from dataset.build import build_shards
     from dataset.config import PRESETS
+
+    _check_source(args.source)
 
     cfg = PRESETS[args.preset].override(shard_size=args.shard_size, image_size=args.image_size,
                                         min_side=args.min_side, upscale_small=args.upscale_small,

@@ -16,7 +16,7 @@ UNSPLASH_FORMATS = ("png", "jpg", "pjpg", "webp")  # imgix `fm` values whose out
 
 @dataclass(frozen=True)
 class ShardConfig:
-    # --- output image (DESIGN §3: {key}.jpg is image_size² RGB, JPEG q95)
+    # --- output image (docs/DESIGN.md §3: {key}.jpg is image_size² RGB, JPEG q95)
     image_size: int = 1024  # side of the square centre crop written to the tar
     min_side: int = 1024  # short side below this is rejected as `too_small` (unless upscale_small)
     upscale_small: bool = False  # upscale images whose short side is < min_side instead of rejecting them

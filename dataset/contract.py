@@ -1,4 +1,4 @@
-"""The dataset file contract of DESIGN.md §3, as path helpers and safe writers over fsspec (local dirs or s3://).
+"""The dataset file contract of docs/DESIGN.md §3, as path helpers and safe writers over fsspec (local dirs or s3://).
 
     {root}/hr/{shard:06d}.tar | .parquet | _stats.json      shard stage (dataset/)
     {root}/lr/{deg_hash}/{shard:06d}.tar (+ config.json)     degradation stage (degradation/)

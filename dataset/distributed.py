@@ -1,7 +1,7 @@
-"""The Ray distributor of the shard stage (the only module of `dataset/` that imports ray, DESIGN §2).
+"""The Ray distributor of the shard stage (the only module of `dataset/` that imports ray, docs/DESIGN.md §2).
 
-One Ray task per shard, `num_cpus=cfg.cpus_per_task` declared, named `shard-000042` so the Ray dashboard's task
-table doubles as a progress view. Connects to `ray_address` or `$RAY_ADDRESS` (a real cluster), else starts a
+One Ray task per shard, `num_cpus=cfg.cpus_per_task` declared, named `shard hr@<config hash> shard 000042` so the Ray
+dashboard's task table doubles as a progress view. Connects to `ray_address` or `$RAY_ADDRESS` (a real cluster), else starts a
 local one and shuts it down afterwards; an already initialised Ray (tests, the embedded stack) is reused.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from dataset.config import ShardConfig
+from dataset.config import ShardConfig, config_hash
 from dataset.shard import ShardBuilder, ShardResult
 from dataset.sources import ShardSpec
 
@@ -30,16 +30,29 @@ def object_store_env() -> dict | None:
     return {"env_vars": env} if env else None
 
 
-def connect(ray_address: str | None = None) -> bool:
+def task_name(stage: str, version: str, shard: int) -> str:
+    """The Ray task/actor-call name of one shard of a stage, e.g. `degrade lr/3f2a… shard 000042`: the dashboard's
+    task table then says which stage, which output version and which shard is running."""
+    return f"{stage} {version} shard {shard:06d}"
+
+
+def connect(ray_address: str | None = None, job_name: str | None = None) -> bool:
     """Join `ray_address` or `$RAY_ADDRESS` (a real cluster), else start a local Ray without a dashboard; reuse an
     already initialised one. True when this call started it (the caller may shut it down). Shared by the three data
-    stages' distributors so they join a cluster the same way."""
+    stages' distributors and the flows, so they join a cluster the same way.
+
+    Args:
+        job_name: recorded as the Ray job's metadata `job_name` (the dashboard's job entry otherwise only shows
+            the driver's command line, e.g. `python -m prefect.engine`); only the call that connects sets it.
+    """
     import ray
+    from ray.job_config import JobConfig
 
     if ray.is_initialized():
         return False
     address = ray_address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, log_to_driver=False, configure_logging=False,
+    job_config = JobConfig(metadata={"job_name": job_name}) if job_name else None
+    ray.init(address=address, log_to_driver=False, configure_logging=False, job_config=job_config,
              **({} if address else {"include_dashboard": False}))
     return True
 
@@ -65,7 +78,8 @@ def run_shards(specs: list[ShardSpec], cfg: ShardConfig, root: str, retry_failed
         while todo or pending:
             while todo and len(pending) < slots:
                 spec = todo.pop(0)
-                ref = task.options(name=f"shard-{spec.shard_id:06d}", **options).remote(cfg_ref, root, retry_failed, spec)
+                name = task_name("shard", f"hr@{config_hash(cfg)}", spec.shard_id)
+                ref = task.options(name=name, **options).remote(cfg_ref, root, retry_failed, spec)
                 pending[ref] = spec.shard_id
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:

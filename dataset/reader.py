@@ -2,7 +2,8 @@
 captioning version) + metadata, split over Ray Train ranks and DataLoader workers, shuffled per epoch, resumable.
 
     reader = DatasetReader(root, deg_hash="3f2a…", cap_hash="9c1d…", rank=r, world_size=w, batch_size=8)
-    loader = torch.utils.data.DataLoader(reader, batch_size=8, num_workers=2)
+    reader = DatasetReader.from_manifest(root, batch_size=8)   # the complete LR/caption versions of manifest.json
+    loader = torch.utils.data.DataLoader(reader, batch_size=8, num_workers=2, collate_fn=collate_samples)
     reader.set_epoch(e); ...; ckpt["data"] = reader.state_dict(consumed=steps_this_epoch * 8)
     reader.load_state_dict(ckpt["data"])      # resume: neither repeats nor skips a sample
 
@@ -13,7 +14,9 @@ this is WebDataset's shard shuffle + buffer shuffle, made deterministic). The ep
 batch j goes to DataLoader worker j % num_workers, which is the order a DataLoader hands batches out; so the
 samples a rank has consumed are always a prefix of its range and the position is one number, `consumed`.
 Samples are dicts: key, shard, hr (H, W, 3) uint8 (or JPEG bytes with decode=False), meta (dict), and when
-asked lr (h, w, 3) uint8, lr_meta (sampled degradation parameters), caption (str).
+asked lr (h, w, 3) uint8, lr_meta (sampled degradation parameters), caption (str). A DataLoader needs
+`collate_fn=collate_samples`: PyTorch's default collate recurses into the per-sample dicts (`meta`, `lr_meta`),
+whose keys and list lengths differ between samples, and fails.
 """
 
 from __future__ import annotations
@@ -61,6 +64,41 @@ def load_index(root: str, deg_hash: str | None = None, cap_hash: str | None = No
     return index
 
 
+# sample fields stacked into one tensor per batch; the rest become lists
+_STACKED = ("hr", "lr")
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """DataLoader `collate_fn` for DatasetReader samples: `hr` (B, H, W, 3) and `lr` (B, h, w, 3) uint8 tensors
+    (lists when not decoded, or when sizes differ), every other field a list of length B (key, shard, caption,
+    and the per-sample dicts meta / lr_meta as they are)."""
+    batch: dict = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if name in _STACKED and all(isinstance(v, np.ndarray) and v.shape == values[0].shape for v in values):
+            batch[name] = torch.from_numpy(np.stack(values))
+        else:
+            batch[name] = values
+    return batch
+
+
+def complete_versions(root: str) -> tuple[str | None, str | None]:
+    """(deg_hash, cap_hash) of the LR and caption versions that cover every shard in `{root}/manifest.json`;
+    None where there is none.
+
+    Raises:
+        ValueError: several complete versions of one kind (pass the one you want explicitly).
+    """
+    manifest = contract.read_json(contract.manifest_path(root))
+    picked = []
+    for kind in ("lr", "captions"):
+        done = sorted(h for h, v in manifest.get(kind, {}).items() if v.get("complete"))
+        if len(done) > 1:
+            raise ValueError(f"{root}: {len(done)} complete {kind} versions {done}; pass the one to read")
+        picked.append(done[0] if done else None)
+    return picked[0], picked[1]
+
+
 def _default_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -97,6 +135,12 @@ class DatasetReader(torch.utils.data.IterableDataset):
         self.index = load_index(self.root, deg_hash, cap_hash)
         self.num_samples = sum(len(s.keys) for s in self.index)
         self.epoch, self.consumed = 0, 0
+
+    @classmethod
+    def from_manifest(cls, root: str, **kwargs) -> DatasetReader:
+        """A reader joining HR with the complete LR and caption versions recorded in `{root}/manifest.json`."""
+        deg_hash, cap_hash = complete_versions(root)
+        return cls(root, deg_hash=deg_hash, cap_hash=cap_hash, **kwargs)
 
     # -- position
     def set_epoch(self, epoch: int) -> None:
@@ -188,7 +232,7 @@ class DatasetReader(torch.utils.data.IterableDataset):
                     lkey, lr_files, lerr = next(lr)
                     if lerr or lkey != key:
                         raise ValueError(f"{contract.lr_tar(self.root, self.deg_hash, shard)}: key {lkey!r} where "
-                                         f"the HR tar has {key!r} (LR tars must follow HR order, DESIGN §3)")
+                                         f"the HR tar has {key!r} (LR tars must follow HR order, docs/DESIGN.md §3)")
                 if t in wanted:
                     block[t] = self._sample(shard, key, files, lr_files, captions)
             # yield in visiting order (the block's permutation), which is also increasing global position

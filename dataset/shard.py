@@ -1,6 +1,6 @@
 """The per-shard callable of the shard stage (STYLE G8): `ShardBuilder(cfg, root)(spec) -> ShardResult`, never raises.
 
-Writes, per DESIGN §3 and in this order (each under a temporary name, then renamed):
+Writes, per docs/DESIGN.md §3 and in this order (each under a temporary name, then renamed):
     {root}/hr/{shard:06d}.tar            {key}.jpg (image_size² RGB, JPEG q95) + {key}.json (source metadata)
     {root}/hr/{shard:06d}.parquet        one row per input row (PARQUET_SCHEMA): key, source, status, error, sizes…
     {root}/hr/{shard:06d}_stats.json     LAST: counts by status, error histogram, bytes, durations, config hash

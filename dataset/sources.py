@@ -240,7 +240,7 @@ def read_source(source: str, cfg: ShardConfig, limit: int | None = None, url_col
 def plan_shards(rows: list[SourceRow], shard_size: int) -> list[ShardSpec]:
     """Split rows into consecutive shards of `shard_size` and give every row its final, unique, dot-free key.
 
-    Keys come from the source id when there is one, else `{shard:06d}{index:04d}` (DESIGN §3); a repeated id gets
+    Keys come from the source id when there is one, else `{shard:06d}{index:04d}` (docs/DESIGN.md §3); a repeated id gets
     `_{row number}` appended so two rows never share a tar member name.
     """
     width = max(4, len(str(shard_size - 1)))

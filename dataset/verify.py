@@ -1,4 +1,4 @@
-"""Check the DESIGN §3 contract of a dataset root's HR shards on the real files (STYLE G10).
+"""Check the docs/DESIGN.md §3 contract of a dataset root's HR shards on the real files (STYLE G10).
 
     python -m dataset.verify ROOT            # prints problems, exit status 1 if any
 

@@ -1,3 +1,3 @@
-"""degradation library (see DESIGN.md §2). Imports nsarm first so the torchvision shim (nsarm/compat.py) is in place."""
+"""degradation library (see docs/DESIGN.md §2). Imports nsarm first so the torchvision shim (nsarm/compat.py) is in place."""
 
 import nsarm  # noqa: F401  (side effect: nsarm.compat.ensure_torchvision_importable)

@@ -19,11 +19,13 @@ def _shards(text: str) -> list[int]:
 
 def _run(args: argparse.Namespace) -> int:
     from dataset import contract
+    from dataset.inputs import check_dataset_root
     from degradation.config import PRESETS
     from degradation.worker import DegradeShard
 
+    done = check_dataset_root(args.root, args.shards)  # before anything is written under a mistyped root
     cfg = PRESETS[args.preset]
-    shards = args.shards if args.shards is not None else contract.list_shards(args.root, "hr", done_only=True)
+    shards = args.shards if args.shards is not None else done
     worker = DegradeShard(args.root, cfg, args.seed, batch_size=args.batch_size, device=args.device)
     failed, n_ok, n_bad = 0, 0, 0
     for shard in shards:

@@ -16,7 +16,8 @@ import time
 import ray
 
 from dataset import contract
-from dataset.distributed import connect, object_store_env
+from dataset.distributed import connect, object_store_env, task_name
+from dataset.progress import progress_line
 from degradation.config import DegradationConfig
 from degradation.worker import DegradeShard, ShardResult, ensure_config_json
 
@@ -52,11 +53,15 @@ def run_degradation(root: str, cfg: DegradationConfig, seed: int, ray_address: s
     opts = {"num_gpus": gpus_per_task, "num_cpus": 1} if has_gpu else {"num_cpus": 1}
     if (env := object_store_env()) is not None:  # worker processes do not inherit the driver's environment
         opts["runtime_env"] = env
-    task = _degrade_shard_task.options(**opts)
 
     results: dict[int, ShardResult] = {}
     attempt_left = {s: retries for s in todo}
-    pending = {task.remote(root, cfg.to_dict(), seed, s, batch_size, hr_size): s for s in todo}
+
+    def submit(shard: int):
+        task = _degrade_shard_task.options(name=task_name("degrade", f"lr/{h}", shard), **opts)
+        return task.remote(root, cfg.to_dict(), seed, shard, batch_size, hr_size)
+
+    pending = {submit(s): s for s in todo}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         shard = pending.pop(done[0])
@@ -67,11 +72,14 @@ def run_degradation(root: str, cfg: DegradationConfig, seed: int, ray_address: s
         if not res.ok and attempt_left[shard] > 0:
             attempt_left[shard] -= 1
             log.warning("shard %06d failed (%s), retrying", shard, (res.err or "").splitlines()[0])
-            pending[task.remote(root, cfg.to_dict(), seed, shard, batch_size, hr_size)] = shard
+            pending[submit(shard)] = shard
             continue
         results[shard] = res
-        log.info("degrade %d/%d shards (shard %06d: %s, %d ok, %d bad)", len(results), len(todo), shard,
-                 "skipped" if res.skipped else ("ok" if res.ok else "FAILED"), res.n, res.n_bad)
+        fresh = sum(r.n for r in results.values() if r.ok and not r.skipped)
+        elapsed = time.monotonic() - t0
+        state = "skipped" if res.skipped else ("ok" if res.ok else "FAILED")
+        log.info(progress_line("degrade", len(results), len(todo), "shards", elapsed, rate=fresh / max(elapsed, 1e-9),
+                               rate_unit="images/s", detail=f"shard {shard:06d} {state}, {res.n} ok, {res.n_bad} bad"))
 
     seconds = time.monotonic() - t0
     fresh = sum(r.n for r in results.values() if r.ok and not r.skipped)

@@ -1,6 +1,8 @@
 """`build-dataset` flow: source list → HR shards → LR (degradation) → captions → manifest → MLflow.
 
-    prefect deployment run build-dataset/default -p source=/data/unsplash/photos.tsv000 -p root=s3://bucket/nsarm
+    prefect deployment run build-dataset/default           # bundled sample photos → <state dir>/data, tiny
+    prefect deployment run build-dataset/default -p source=/data/unsplash/photos.tsv000 -p root=s3://bucket/nsarm \\
+        -p preset=paper
     prefect deployment run build-dataset/default -p source=photos.tsv -p root=/tmp/ds -p preset=tiny
 
 Each task calls one library function; every stage is idempotent (done shards are skipped), so a failed run is
@@ -12,6 +14,8 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.params import BUNDLED_SOURCE, Captioner, DegradationPreset, ShardPreset, default_root, resolve_source
+from flows.progress import forward_library_logs, name_ray_job
 from flows.stages import stage
 
 
@@ -79,18 +83,33 @@ def _stats_markdown(summary: dict, manifest: dict, run_id: str) -> str:
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(source: str, root: str, preset: str = "paper", shard_size: int | None = None,
-                  image_size: int | None = None, limit: int | None = None, degradation: str = "realesrgan",
-                  captioner: str = "metadata", caption_model_path: str | None = None, seed: int = 0,
-                  name: str = "nsarm-dataset", experiment: str = "nsarm-datasets") -> dict:
-    """Build (or resume) a dataset under `root` (local path or s3://).
+def build_dataset(source: str = BUNDLED_SOURCE, root: str = default_root(), preset: ShardPreset = "tiny",
+                  shard_size: int | None = None, image_size: int | None = None, limit: int | None = None,
+                  degradation: DegradationPreset = "realesrgan", captioner: Captioner = "metadata",
+                  caption_model_path: str | None = None, seed: int = 0, name: str = "nsarm-dataset",
+                  experiment: str = "nsarm-datasets") -> dict:
+    """Build (or resume) a dataset under `root`; with no parameters, the bundled sample photos on the tiny preset.
 
     Args:
-        source: Unsplash `photos.tsv*`, a csv/tsv/parquet URL list, or an image folder.
-        preset: shard preset (`paper`: 1024², `tiny`: 256² for CPU demos); shard_size/image_size override it.
-        degradation: degradation preset (`realesrgan` as the paper, `light`).
-        captioner: `llava` (needs caption_model_path), `metadata` (Unsplash descriptions) or `fixed`.
+        source: Unsplash `photos.tsv*`, a csv/tsv/parquet URL list or an image folder (local or s3://);
+            `bundled:sample-photos` (the default) is the 12 photos bundled with scikit-image.
+        root: dataset root (local folder or s3://bucket/prefix); the default, `<stack state dir>/data`, is also
+            train-nsarm's default root.
+        preset: shard preset: `tiny` (256² crops, CPU demo) or `paper` (1024², short side >= 1024).
+        shard_size: input rows per shard (default: the preset's, 8 for tiny, 1000 for paper).
+        image_size: side of the square HR crops (default: the preset's); also the minimum short side.
+        limit: only the first N rows of the source (default: all).
+        degradation: degradation preset: `realesrgan` (the paper's second-order Real-ESRGAN) or `light`.
+        captioner: `metadata` (the source's descriptions; a fixed caption where there are none), `llava` (needs
+            caption_model_path) or `fixed` (the paper's fixed prompt).
+        caption_model_path: local folder of LLaVA-1.5 weights, for captioner=llava.
+        seed: dataset seed of the degradation (same seed, same LR images).
+        name: dataset name in manifest.json and MLflow.
+        experiment: MLflow experiment of the dataset-build run.
     """
+    forward_library_logs()
+    name_ray_job(f"build-dataset {preset} -> {root}")
+    source = resolve_source(source)
     overrides = {k: v for k, v in {"shard_size": shard_size, "image_size": image_size}.items() if v is not None}
     if image_size is not None:
         overrides["min_side"] = image_size

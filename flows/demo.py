@@ -4,8 +4,11 @@
 
 1. `nsarm stack up` (Prefect :4200, MLflow :5000, Ray :8265, the deployments server), idempotent;
 2. serves the bundled photos over HTTP on 127.0.0.1 and writes an Unsplash-style photos.tsv for them;
-3. `build-dataset/default` through the Prefect deployment (shard → degrade → caption → manifest → MLflow);
+3. `build-dataset/default` through the Prefect deployment (shard → degrade → caption → manifest → MLflow) into
+   the deployments' default root `.nsarm/data`;
 4. `train-nsarm/default` through the deployment (stage 1 → stage 2 → evaluate → register in MLflow);
+   while each flow run works, its log (progress of every stage: shards done/total, steps, loss, samples/s, ETA)
+   is printed as it grows;
 5. upscales one photo with the registered model;
 6. screenshots of the Prefect, MLflow and Ray UIs (headless Chromium) into .nsarm/demo/screenshots/; prints where
    everything is.
@@ -27,17 +30,23 @@ from nsarm import stack
 DEMO_SUBDIR = "demo"
 
 
-def _run(deployment: str, parameters: dict, timeout_s: float) -> object:
+def _run(cfg: stack.StackConfig, deployment: str, parameters: dict, timeout_s: float) -> dict:
+    """Start a deployment run and print its log (stage progress, losses, ETAs) as it grows; stop the demo unless
+    it completes. Returns the flow run's JSON."""
     from prefect.deployments import run_deployment
+
+    from flows.progress import follow
 
     print(f"\n==> prefect deployment run {deployment} " + " ".join(f"-p {k}={v}" for k, v in parameters.items()))
     t0 = time.monotonic()
-    run = run_deployment(deployment, parameters=parameters, timeout=timeout_s, poll_interval=3)
-    state = run.state
-    print(f"    flow run {run.name} ({run.id}) -> {state.name} in {time.monotonic() - t0:.0f} s")
-    if not state.is_completed():
-        print(f"    reason: {state.message}")
-        raise SystemExit(f"demo stopped: {deployment} ended {state.name}")
+    started = run_deployment(deployment, parameters=parameters, timeout=0)
+    run = follow(cfg.prefect_url, str(started.id), echo=lambda line: print(f"    | {line}", flush=True),
+                 timeout_s=timeout_s)
+    state = run["state"]
+    print(f"    flow run {run['name']} ({run['id']}) -> {state['name']} in {time.monotonic() - t0:.0f} s")
+    if state["type"] != "COMPLETED":
+        print(f"    reason: {state.get('message')}")
+        raise SystemExit(f"demo stopped: {deployment} ended {state['name']}")
     return run
 
 
@@ -55,19 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     os.environ.update(cfg.client_env())  # before Prefect reads its settings
-
+    os.environ["NSARM_STATE_DIR"] = str(cfg.state_dir)  # default_root() of this process = the deployments' one
     from dataset.httpserve import serve_sample_photos
+    from flows.params import default_root
 
     work = cfg.state_dir / DEMO_SUBDIR
     server, tsv = serve_sample_photos(work / "source", port=args.photo_port)
     print(f"==> serving {len(list((work / 'source' / 'photos').iterdir()))} bundled photos at {server.base_url}, "
           f"list {tsv}")
-    data_root = str(work / "data")
+    data_root = default_root()  # what both deployments use when no root is given
     try:
-        build = _run("build-dataset/default",
+        build = _run(cfg, "build-dataset/default",
                      {"source": str(tsv), "root": data_root, "preset": "tiny", "shard_size": 6,
                       "degradation": "realesrgan", "captioner": "metadata", "seed": 0}, args.timeout)
-        train = _run("train-nsarm/default",
+        train = _run(cfg, "train-nsarm/default",
                      {"root": data_root, "preset": "tiny", "num_workers": 2, "use_gpu": False}, args.timeout)
     finally:
         server.stop()
@@ -81,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nDone. Where to look:")
     stack.print_urls(cfg)
     for deployment, run in (("build-dataset", build), ("train-nsarm", train)):
-        print(f"Flow run        {cfg.prefect_ui}/runs/flow-run/{run.id}   ({deployment}: {run.name})")
+        print(f"Flow run        {cfg.prefect_ui}/runs/flow-run/{run['id']}   ({deployment}: {run['name']})")
     print(f"MLflow run      {_mlflow_run_url(cfg, champion['run_id'])}   (training run of the champion)")
     print(f"Model version   {REGISTERED_MODEL} v{champion['version']}, aliases {', '.join(sorted(champion['aliases']))}"
           f"   {cfg.mlflow_url}/#/models/{REGISTERED_MODEL}/versions/{champion['version']}")

@@ -1,5 +1,6 @@
 """`train-nsarm` flow: [tokenizer warm-up (tiny)] → stage 1 → stage 2 → evaluate on the held-out split → register.
 
+    prefect deployment run train-nsarm/default        # tiny preset on build-dataset's default root
     prefect deployment run train-nsarm/default -p root=/data/nsarm -p preset=tiny -p num_workers=2 -p use_gpu=false
     prefect deployment run train-nsarm/default -p root=s3://bucket/nsarm -p preset=nsarm-8b-16gpu \\
         -p stage1='{"init_from": "/models/NSARM.pth", "tokenizer_path": "/models/vae_d56.pth"}'
@@ -19,6 +20,8 @@ import time
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.params import TrainPreset, default_root
+from flows.progress import forward_library_logs, name_ray_job
 from flows.stages import stage
 
 
@@ -52,18 +55,27 @@ def register(trained: dict, scores: dict) -> dict:
 
 
 @flow(name="train-nsarm", log_prints=True)
-def train_nsarm(root: str = ".nsarm/data", preset: str = "tiny", num_workers: int = 2, use_gpu: bool = False,
-                resume: bool = True, stage1: dict | None = None, stage2: dict | None = None,
+def train_nsarm(root: str = default_root(), preset: TrainPreset = "tiny", num_workers: int = 2,
+                use_gpu: bool = False, resume: bool = True, stage1: dict | None = None, stage2: dict | None = None,
                 storage_path: str | None = None, holdout: int = 2, tokenizer_steps: int = 300) -> dict:
-    """Args:
-        root: dataset root (local dir or s3://) built by build-dataset.
-        preset: training preset: 'tiny' (CPU) or 'nsarm-8b-16gpu'.
-        stage1, stage2: TrainConfig overrides per stage, e.g. {"steps": 200, "lr": 1e-3}.
-        resume: rerun the same runs (continue from their checkpoints); False starts new, timestamped runs.
-        storage_path: Ray Train storage for checkpoints/exports; default `runs/` beside a local root.
+    """Train both stages on the dataset under `root`, evaluate on its held-out samples, register in MLflow.
+
+    Args:
+        root: dataset root (local folder or s3://) built by build-dataset; the default, `<stack state dir>/data`,
+            is where build-dataset writes by default.
+        preset: training preset: `tiny` (CPU, minutes) or `nsarm-8b-16gpu` (Infinity-8B, 2 x 8 GPUs).
+        num_workers: Ray Train workers per stage.
+        use_gpu: one GPU per worker (NCCL) instead of CPU workers (gloo).
+        resume: rerun the same runs (continue from their checkpoints); false starts new, timestamped runs.
+        stage1: stage-1 TrainConfig overrides, e.g. {"steps": 200, "lr": 1e-3, "init_from": "/models/NSARM.pth"}.
+        stage2: stage-2 TrainConfig overrides, e.g. {"steps": 200}.
+        storage_path: Ray Train storage for checkpoints and exports (local or s3://); default `runs/` beside a
+            local root.
         holdout: samples kept out of training and used by the evaluate step (0 = skip evaluation).
         tokenizer_steps: tiny preset only: warm-up steps of the tiny tokenizer on the dataset (0 = random).
     """
+    forward_library_logs()
+    name_ray_job(f"train-nsarm {preset} <- {root}")
     default_storage = stage("storage", "nsarm.train.ray_trainer", "default_storage")
     storage = (storage_path or default_storage(root)).rstrip("/")
     suffix = "" if resume else time.strftime("-%Y%m%d-%H%M%S", time.gmtime())

@@ -99,7 +99,7 @@ def _captions(args, images: list[Path]) -> list[str]:
 
 
 def _load(args, device):
-    from nsarm.checkpoints import CONFIG, load_checkpoint, load_nsarm, text_encoder_dir
+    from nsarm.checkpoints import CONFIG, load_checkpoint, load_nsarm
     from nsarm.text import build_tiny_text_encoder, load_text_encoder
 
     ckpt = args.checkpoint
@@ -107,6 +107,7 @@ def _load(args, device):
         raise UpscaleError(f"checkpoint not found: {ckpt}")
     if args.tokenizer is not None and not args.tokenizer.exists():
         raise UpscaleError(f"tokenizer weights not found: {args.tokenizer}")
+    te_dir = _text_encoder_before_loading(args)
     if ckpt.is_dir() and (ckpt / CONFIG).is_file():
         model = load_checkpoint(ckpt)
         if args.tokenizer is not None:
@@ -120,18 +121,33 @@ def _load(args, device):
     if model.tokenizer is None:
         raise UpscaleError(f"checkpoint {ckpt} has no tokenizer weights: pass --tokenizer")
     model = model.to(device).eval()
-    te_dir = args.text_encoder or (text_encoder_dir(ckpt) if ckpt.is_dir() else None)
     if te_dir is not None:
-        if not Path(te_dir).exists():
-            raise UpscaleError(f"text encoder directory not found: {te_dir}")
         enc = load_text_encoder(te_dir, device=device)
-    elif model.cfg.text_encoder == "tiny-t5":
-        enc = build_tiny_text_encoder(d_model=model.cfg.transformer.text_channels)
     else:
-        raise UpscaleError(f"model {model.cfg.name!r} needs --text-encoder (a local {model.cfg.text_encoder} directory)")
+        enc = build_tiny_text_encoder(d_model=model.cfg.transformer.text_channels)
     if enc.width != model.cfg.transformer.text_channels:
         raise UpscaleError(f"text encoder width {enc.width} != model text_channels {model.cfg.transformer.text_channels}")
     return model, enc
+
+
+def _text_encoder_before_loading(args) -> Path | None:
+    """The text-encoder directory to load (None: the tiny model's built-in one), checked from the checkpoint's
+    config alone: a missing encoder of the 8B model is reported before its weights are read, not after."""
+    from nsarm.checkpoints import CONFIG, read_model_config, text_encoder_dir
+    from nsarm.model import model_config
+
+    ckpt = args.checkpoint
+    ours = ckpt.is_dir() and (ckpt / CONFIG).is_file()
+    try:
+        cfg = read_model_config(ckpt) if ours else model_config(args.preset)
+    except ValueError as e:  # an unknown --preset names the choices
+        raise UpscaleError(f"--preset: {e}") from None
+    te_dir = args.text_encoder or (text_encoder_dir(ckpt) if ckpt.is_dir() else None)
+    if te_dir is not None and not Path(te_dir).exists():
+        raise UpscaleError(f"text encoder directory not found: {te_dir}")
+    if te_dir is None and cfg.text_encoder != "tiny-t5":
+        raise UpscaleError(f"model {cfg.name!r} needs --text-encoder (a local {cfg.text_encoder} directory)")
+    return Path(te_dir) if te_dir is not None else None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -160,7 +160,9 @@ def services(cfg: StackConfig) -> list[Service]:
         Service("ray", ray_cmd, f"{cfg.ray_dashboard}/api/version",
                 (cfg.ray_port, cfg.ray_dashboard_port, cfg.ray_client_port), {**base_env, **cfg.ray_auth_env()},
                 external=cfg.ray_address, token_file=cfg.ray_token_path),
-        Service("deployments", [sys.executable, "-m", "flows.serve"], None, (), {**base_env, **cfg.client_env()}),
+        # NSARM_STATE_DIR: the deployments' default dataset root is `<state dir>/data` (flows/params.py)
+        Service("deployments", [sys.executable, "-m", "flows.serve"], None, (),
+                {**base_env, **cfg.client_env(), "NSARM_STATE_DIR": str(state)}),
     ]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,9 +31,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dataset.progress import eta_seconds, progress_line
 from nsarm.config import TOKENIZER_PRESETS
 from nsarm.scales import schedule_for
 from nsarm.tokenizer import Tokenizer, build_tokenizer, save_tokenizer
+
+log = logging.getLogger(__name__)
+LOG_EVERY_S = 30.0  # a progress line at least this often, whatever log_every says
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 GREY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 luma, as PIL's convert("L")
@@ -57,6 +62,7 @@ class TokenizerTrainConfig:
     seed: int = 0
     max_seconds: float | None = None  # stop early when this wall-clock budget is spent
     device: str | None = None  # None: cuda when available, else cpu (batches are cropped on the CPU either way)
+    log_every: int = 25  # a progress line (step, loss, samples/s, ETA) every N steps through this module's logger
 
 
 def load_photos(folder: str | Path) -> list[torch.Tensor]:
@@ -184,7 +190,7 @@ def train_tokenizer(
     opt = torch.optim.Adam(tok.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s))
     tok.train()
-    t0 = time.monotonic()
+    t0, logged_at = time.monotonic(), 0.0
     for step in range(cfg.steps):
         x = _random_batch(images, cfg, g).to(device)
         recon, dec = tok(x, grids)
@@ -199,7 +205,18 @@ def train_tokenizer(
         opt.step()
         sched.step()
         stats.update(steps=step + 1, loss=loss.item())
-        if cfg.max_seconds is not None and time.monotonic() - t0 > cfg.max_seconds:
+        elapsed = time.monotonic() - t0
+        out_of_time = cfg.max_seconds is not None and elapsed > cfg.max_seconds
+        # every log_every steps, and at least every LOG_EVERY_S seconds when steps are slow, and at the end
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps or out_of_time or elapsed - logged_at > LOG_EVERY_S:
+            logged_at = elapsed
+            eta = eta_seconds(step + 1, cfg.steps, elapsed)
+            if cfg.max_seconds is not None and eta is not None:  # the time budget ends it sooner
+                eta = min(eta, max(cfg.max_seconds - elapsed, 0.0))
+            log.info(progress_line("tokenizer warm-up", step + 1, cfg.steps, "steps", elapsed, eta=eta,
+                                   rate=(step + 1) * cfg.batch_size / elapsed, rate_unit="samples/s",
+                                   detail=f"loss {stats['loss']:.4f}" + (" (time budget spent)" if out_of_time else "")))
+        if out_of_time:
             break
     stats["seconds"] = time.monotonic() - t0
     tok.eval()

@@ -1,6 +1,6 @@
 """The project's only MLflow adapter: start/resume runs, log params/metrics/artifacts/images and eval tables.
 
-Libraries call these small functions instead of importing mlflow (DESIGN §2); nothing happens at import time.
+Libraries call these small functions instead of importing mlflow (docs/DESIGN.md §2); nothing happens at import time.
 The tracking URI comes from the caller, else `$MLFLOW_TRACKING_URI`, else MLflow's own default.
 
     with start_run("nsarm-eval", run_name="ckpt-40k", tracking_uri="http://127.0.0.1:5000") as run_id:

@@ -72,6 +72,15 @@ def _sr_dirs(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every input path given exists, before a report folder or a synthetic set is created."""
+    from dataset.inputs import check_exists
+
+    for flag in ("checkpoint", "testset_root", "lr_dir", "captions", "hr_dir", "synthetic_from"):
+        if getattr(args, flag):
+            check_exists(getattr(args, flag), f"--{flag.replace('_', '-')}")
+
+
 def load_upscale_fn(checkpoint: str, device: str):
     """The model path's `upscale_fn(lr_images, captions=None) -> sr_images` (nsarm.inference_cli)."""
     from nsarm.inference_cli import UpscaleError, build_upscale_fn
@@ -91,6 +100,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if bool(args.checkpoint) == bool(args.sr_dir):
         raise SystemExit("give exactly one of --checkpoint or --sr-dir")
+    if args.checkpoint and args.testset and not args.testset_root:
+        raise SystemExit("--testset needs --testset-root (the NSARM data/test folder)")
+    if args.checkpoint and not (args.testset or args.lr_dir or args.synthetic_from):
+        raise SystemExit("--checkpoint needs --testset (+ --testset-root), --lr-dir or --synthetic-from")
+    _check_paths(args)
     metrics = tuple(s.strip() for s in args.metrics.split(",")) if args.metrics else PAPER_METRICS
     cfg = MetricConfig(metrics=metrics, crop_border=args.crop_border, weights_dir=args.weights_dir,
                        device=args.device, protocol=args.protocol)
@@ -104,16 +118,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                   per_metric_plots=args.per_metric_plots)
     else:
         if args.testset:
-            if not args.testset_root:
-                raise SystemExit("--testset needs --testset-root (the NSARM data/test folder)")
             testset = nsarm_testset(args.testset, args.testset_root, args.hr_dir)
         elif args.lr_dir:
             testset = folder_testset(args.name or Path(args.lr_dir).name, args.lr_dir, args.hr_dir, args.captions)
-        elif args.synthetic_from:
+        else:
             testset = build_synthetic_testset(args.synthetic_from, Path(args.out) / "synthetic",
                                               size=args.synthetic_size, seed=args.seed)
-        else:
-            raise SystemExit("--checkpoint needs --testset (+ --testset-root), --lr-dir or --synthetic-from")
         upscale_fn = load_upscale_fn(args.checkpoint, args.device)
         report = evaluate_upscaler(cfg, testset, upscale_fn, name=Path(args.checkpoint).stem, out_dir=args.out,
                                    batch_size=args.batch_size, eval_size=args.eval_size, mu_g=args.mu_g,

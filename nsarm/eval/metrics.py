@@ -94,7 +94,7 @@ def default_weights_dir() -> Path:
 
 @dataclass(frozen=True)
 class MetricConfig:
-    """What to score and how; saved beside every evaluation (DESIGN G3)."""
+    """What to score and how; saved beside every evaluation (one config saved with its output, as for every stage)."""
 
     metrics: tuple[str, ...] = PAPER_METRICS  # subset of SPECS, in report order
     crop_border: int = 0  # pixels cut from each edge for PSNR/SSIM/NIQE only; the peers' pyiqa scripts crop nothing

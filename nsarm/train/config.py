@@ -3,7 +3,7 @@
     cfg = train_config("tiny", stage=1, steps=40)          # preset + overrides
     scaling = scaling_for("nsarm-8b-16gpu", stage=2)        # how many Ray Train workers, GPUs, CPUs
 
-Paper defaults (DESIGN §5, NSARM Sec. 4): stage 1 trains the transformation network alone (MSE, lr 2e-5, 100K
+Paper defaults (docs/DESIGN.md §5, NSARM Sec. 4): stage 1 trains the transformation network alone (MSE, lr 2e-5, 100K
 iterations, batch 196); stage 2 fine-tunes transformer + transformation network end to end (bitwise CE, lr 4e-5,
 40K iterations, batch 32). Optimiser settings follow the released Infinity trainer (spec §2.4): AdamW β (0.9, 0.97),
 gradient clip 5, bf16. Values the paper does not state (warm-up length, schedule shape, weight decay) are marked
@@ -58,7 +58,7 @@ class TrainConfig:
     tokenizer_path: str | None = None  # frozen BSQ-VAE weights (official .pth or our .safetensors)
     text_encoder_path: str | None = None  # T5 snapshot dir; None with a 'tiny-t5' model = the seeded tiny T5
     init_from: str | None = None  # our-format checkpoint dir (stage 2: the stage-1 export) or an official .pth
-    # -- data (dataset root layout DESIGN §3)
+    # -- data (dataset root layout docs/DESIGN.md §3)
     deg_hash: str | None = None  # LR version under {root}/lr/; None = the only complete one
     cap_hash: str | None = None  # caption version under {root}/captions/; None = the only one (or no captions)
     data_block_size: int = 256  # reader shuffle block inside a shard

@@ -1,4 +1,4 @@
-"""Training batches from a dataset root (DESIGN §3): HR + LR + caption, split by rank, with a resumable position.
+"""Training batches from a dataset root (docs/DESIGN.md §3): HR + LR + caption, split by rank, with a resumable position.
 
 Letters: B micro batch, H×W the HR size of the model (256² tiny, 1024² NSARM-8B), h×w = H/4 × W/4 the LR size.
 

@@ -1,4 +1,4 @@
-"""A small training dataset root (DESIGN §3 layout) built directly from a list of photos, for tests and benchmarks.
+"""A small training dataset root (docs/DESIGN.md §3 layout) built directly from a list of photos, for tests and benchmarks.
 
     build_photo_dataset(["a.png", "b.jpg", ...], "/tmp/root", hr_size=256, shard_size=6)
     # → {root}/hr/000000.tar (+ .parquet, _stats.json), {root}/lr/bicubic-x4/…, {root}/captions/fixed-v1/…

@@ -30,6 +30,7 @@ step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -270,6 +271,9 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
                           "caption_cache": f"{cache}/captions", "hooks": _hooks_from_env(name)}}
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    # Ray Train (V2, Ray 2.60) lists runs in the dashboard's Train page only with state tracking on; read by the
+    # trainer in this (driver) process. An explicit "0" in the environment is respected.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     trainer = TorchTrainer(
         _worker,
         train_loop_config=config,
@@ -283,7 +287,8 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
     )
-    result = trainer.fit()
+    with _watch_progress(f"train stage {stage}", run_id, tracking_uri, cfg.steps, scaling.num_workers):
+        result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training stage {stage} ({name}) failed: {result.error}") from result.error
     # the workers rewrote the export: drop what this process's (shared, cached) fsspec filesystem remembers of it
@@ -296,6 +301,15 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
     if run_id and register:
         out["model_version"] = register_export(export, run_id, stage, tracking_uri)
     return out
+
+
+def _watch_progress(label: str, run_id: str | None, tracking_uri: str | None, steps: int, num_workers: int):
+    """Progress lines while fit() runs (nsarm/train/progress.py); nothing to watch without an MLflow run."""
+    if not (run_id and tracking_uri):
+        return contextlib.nullcontext()
+    from nsarm.train.progress import TrainProgress
+
+    return TrainProgress(label, run_id, tracking_uri, steps, num_workers)
 
 
 def _checkpoint_uri(storage: str, checkpoint) -> str | None:

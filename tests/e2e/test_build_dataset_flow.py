@@ -1,5 +1,5 @@
 """build-dataset through the real deployment on the embedded stack (Prefect + Ray + MLflow), real photos over
-local HTTP: the run completes, the dataset honours DESIGN §3, and MLflow and the Prefect UI show it."""
+local HTTP: the run completes, the dataset honours docs/DESIGN.md §3, and MLflow and the Prefect UI show it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §2 layering, checked on the source: libraries never import Prefect or the flows; Ray only in a
+"""docs/DESIGN.md §2 layering, checked on the source: libraries never import Prefect or the flows; Ray only in a
 `distributed.py` adapter (or nsarm/train/ray_trainer.py); MLflow only in nsarm/tracking.py."""
 
 from __future__ import annotations

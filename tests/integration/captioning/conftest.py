@@ -14,7 +14,7 @@ def tiny_llava_dir(tmp_path_factory):
 
 @pytest.fixture
 def ray_caption_root(tmp_path, sample_photos):
-    """6 done HR shards of 2 photos each (256² JPEG + Unsplash-like .json), DESIGN.md §3 layout."""
+    """6 done HR shards of 2 photos each (256² JPEG + Unsplash-like .json), docs/DESIGN.md §3 layout."""
     from captioning.tiny import photo_jpeg, write_hr_shard
 
     root = str(tmp_path / "ds")

@@ -1,5 +1,5 @@
 """Fixtures for the degradation integration tests: HR shards built from the real sample photos (256², JPEG q95,
-`{key}.jpg` + `{key}.json`, plus the HR `_stats.json` done-marker) under a local or s3:// root, per DESIGN §3."""
+`{key}.jpg` + `{key}.json`, plus the HR `_stats.json` done-marker) under a local or s3:// root, per docs/DESIGN.md §3."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A run logged through the client must read back through the server, its rows must be in PostgreSQL (not in some
 fallback store) and its artifact bytes must be in the S3 bucket under the configured prefix. The registry part
-mirrors what training does (DESIGN §5): a model version whose source is a checkpoint URI, with an alias.
+mirrors what training does (docs/DESIGN.md §5): a model version whose source is a checkpoint URI, with an alias.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_registry_version_points_at_checkpoint_uri(mlflow_postgres_s3, postgres_
     exp_id = client.create_experiment("infra-registry")
     run_id = client.create_run(exp_id).info.run_id
     client.set_terminated(run_id)
-    # Multi-GB checkpoints stay on NSARM_STORAGE; the version records where they are (DESIGN §5).
+    # Multi-GB checkpoints stay on NSARM_STORAGE; the version records where they are (docs/DESIGN.md §5).
     ckpt = "s3://nsarm-prod/checkpoints/nsarm-8b/stage2/checkpoint_000040"
     client.create_registered_model("nsarm-infra-check")
     version = client.create_model_version("nsarm-infra-check", source=ckpt, run_id=run_id,

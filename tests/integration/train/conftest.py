@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def train_root(sample_photos, tmp_path_factory):
-    """10 real photos as a DESIGN §3 dataset root (HR 256² JPEG, LR 64² PNG, captions), 2 shards; the other 2
+    """10 real photos as a docs/DESIGN.md §3 dataset root (HR 256² JPEG, LR 64² PNG, captions), 2 shards; the other 2
     photos stay held out for evaluation."""
     from dataset.manifest import write_manifest
     from nsarm.train.photo_dataset import build_photo_dataset

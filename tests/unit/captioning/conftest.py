@@ -30,7 +30,7 @@ def photo_samples(sample_photos):
 
 @pytest.fixture
 def caption_root(tmp_path, photo_samples):
-    """A dataset root with 3 done HR shards of 4 photos each (DESIGN.md §3 layout)."""
+    """A dataset root with 3 done HR shards of 4 photos each (docs/DESIGN.md §3 layout)."""
     from captioning.tiny import write_hr_shard
 
     root = str(tmp_path / "ds")

@@ -26,5 +26,6 @@ def test_caption_command_tiny_llava_and_failure_exit_code(caption_root, tiny_lla
     summary = json.loads(capsys.readouterr().out)
     cfg = CaptionConfig(model_path=str(tiny_llava_dir), greedy=True, max_new_tokens=4)
     assert summary["cap_hash"] == cap_hash(cfg) and summary["captions"] == 4
-    assert main(["caption", caption_root, "--backend", "fixed", "--shards", "9"]) == 1  # no such shard
-    assert "000009.tar" in json.loads(capsys.readouterr().out)["failed"]["9"]
+    # no such shard: refused before any work, naming it (tests/unit/test_cli_inputs.py has the other inputs)
+    assert main(["caption", caption_root, "--backend", "fixed", "--shards", "9"]) == 2
+    assert "--shards 9: not finished HR shards" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Fixtures of the dataset unit tests: a tiny config and a small dataset root built once from the bundled photos
-(local folder source: no network), with LR tars and captions written to the DESIGN §3 contract."""
+(local folder source: no network), with LR tars and captions written to the docs/DESIGN.md §3 contract."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from dataset.verify import verify_root
 
 
 def check_contract(root: str, image_size: int) -> list[str]:
-    """DESIGN §3 on real shards; returns all sample keys in shard order."""
+    """docs/DESIGN.md §3 on real shards; returns all sample keys in shard order."""
     all_keys = []
     for shard in contract.list_shards(root):
         rows = pq.read_table(contract.hr_parquet(root, shard)).to_pylist()

@@ -103,10 +103,11 @@ def test_cluster_parameters(prefect_cfg, cluster_env):
         assert d["parameters"]["root"] == cluster_env["NSARM_DATA_ROOT"], func
     train = deps["train_nsarm"]["parameters"]
     assert train["num_workers"] == TOTAL_GPUS and train["use_gpu"] is True
-    # The preset is one the model library defines (read from nsarm/model.py without importing torch).
-    tree = ast.parse((REPO / "nsarm" / "model.py").read_text())
+    # The preset is a training preset (train_nsarm's `preset`; a model preset such as "nsarm-8b" is refused by
+    # the deployment's parameter schema), read from nsarm/train/config.py without importing torch.
+    tree = ast.parse((REPO / "nsarm" / "train" / "config.py").read_text())
     (presets,) = [n.value for n in ast.walk(tree) if isinstance(n, ast.AnnAssign | ast.Assign)
-                  and "MODEL_PRESETS" in ast.unparse(n.target if isinstance(n, ast.AnnAssign) else n.targets[0])]
+                  and "TRAIN_PRESETS" in ast.unparse(n.target if isinstance(n, ast.AnnAssign) else n.targets[0])]
     assert train["preset"] in {ast.literal_eval(k) for k in presets.keys}
 
 

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def train_root(sample_photos, tmp_path_factory):
-    """10 real photos as a DESIGN §3 dataset root: HR 256² JPEG, LR 64² PNG, captions; 2 shards (6 + 4)."""
+    """10 real photos as a docs/DESIGN.md §3 dataset root: HR 256² JPEG, LR 64² PNG, captions; 2 shards (6 + 4)."""
     from nsarm.train.photo_dataset import build_photo_dataset
 
     root = tmp_path_factory.mktemp("train-root")
