@@ -99,7 +99,8 @@ def build_dataset(source: str = BUNDLED_SOURCE, root: str = default_root(), pres
         shard_size: input rows per shard (default: the preset's, 8 for tiny, 1000 for paper).
         image_size: side of the square HR crops (default: the preset's); also the minimum short side.
         limit: only the first N rows of the source (default: all).
-        degradation: degradation preset: `realesrgan` (the paper's second-order Real-ESRGAN) or `light`.
+        degradation: degradation preset: `realesrgan` (the paper's second-order Real-ESRGAN), `nsarm-light`
+            (NSARM add_deg.py's first-order `light`), `seesr` or `pisasr` (those papers' configs).
         captioner: `metadata` (the source's descriptions; a fixed caption where there are none), `llava` (needs
             caption_model_path) or `fixed` (the paper's fixed prompt).
         caption_model_path: local folder of LLaVA-1.5 weights, for captioner=llava.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 ShardPreset = Literal["paper", "tiny"]  # dataset.config.PRESETS
-DegradationPreset = Literal["light", "realesrgan"]  # degradation.config.PRESETS
+DegradationPreset = Literal["realesrgan", "nsarm-light", "seesr", "pisasr"]  # degradation.config.PRESETS
 Captioner = Literal["fixed", "llava", "metadata"]  # CaptionConfig.backend
 TrainPreset = Literal["nsarm-8b-16gpu", "tiny"]  # nsarm.train.config.TRAIN_PRESETS
 

@@ -19,7 +19,7 @@ LR versions:
   degradation stage (`degradation.worker.DegradeShard`: Real-ESRGAN second-order blur / resize / Gaussian-or-Poisson
   noise σ 1-30 / JPEG q30-95, each sample's parameters drawn from (deg_seed, key) and stored in `{key}.deg.json`),
   so the held-out LR is as degraded as NSARM's training and test LR and bicubic of it is the honest baseline.
-  `"light"` (the diffusion-SR peers' variant) also works.
+  The other presets of degradation.config.PRESETS (`nsarm-light`, `seesr`, `pisasr`) also work.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def build_photo_dataset(photos: Sequence[str | Path], root: str, *, hr_size: int
     """Write the dataset root; returns {"root", "deg_hash", "cap_hash", "keys"}. Keys are the file stems.
 
     degradation: None = bicubic + Gaussian noise (`noise_sigma`, `seed`); a preset name of degradation.config.PRESETS
-    ('realesrgan', 'light') = the real degradation stage with dataset seed `deg_seed` (see the module docstring).
+    ('realesrgan', 'nsarm-light', 'seesr', 'pisasr') = the real degradation stage with dataset seed `deg_seed` (see the module docstring).
     """
     if not photos:
         raise ValueError("build_photo_dataset: no photos given")

@@ -56,7 +56,7 @@ def test_every_parameter_is_described_in_the_run_form(flow_name):
 
 @pytest.mark.parametrize("flow_name, name, choices", [
     ("build-dataset", "preset", ["paper", "tiny"]),
-    ("build-dataset", "degradation", ["light", "realesrgan"]),
+    ("build-dataset", "degradation", ["nsarm-light", "pisasr", "realesrgan", "seesr"]),
     ("build-dataset", "captioner", ["fixed", "llava", "metadata"]),
     ("train-nsarm", "preset", ["nsarm-8b-16gpu", "tiny"]),
 ])
