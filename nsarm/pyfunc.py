@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
+import numpy as np
 
 REFERENCE = "reference.json"
 CONFIG = "config.json"
@@ -68,7 +69,6 @@ def _config_copy(uri: str, into: Path) -> Path:
 
 def signature(cfg_scale: float, tau: float):
     """Input/output uint8 image batches and the sampling params, defaults as in `nsarm upscale`."""
-    import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -84,8 +84,6 @@ def signature(cfg_scale: float, tau: float):
 
 def input_example(size: int = 16):
     """One small RGB gradient image, (1, size, size, 3) uint8."""
-    import numpy as np
-
     ramp = np.linspace(0, 255, size, dtype=np.float32)
     img = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), 255 - ramp[None, :].repeat(size, 0)],
                    axis=-1)
@@ -106,9 +104,8 @@ class NSARMPyfunc(mlflow.pyfunc.PythonModel):
         self._model, self._encoder = load_upscaler(local, device=os.environ.get("NSARM_DEVICE"),
                                                    text_encoder=os.environ.get("NSARM_TEXT_ENCODER"))
 
-    def predict(self, context, model_input, params=None):
-        import numpy as np
-
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        # the np.ndarray hint: MLflow takes the schema from the logged signature, not from type hints
         from nsarm.inference_cli import upscale_arrays
 
         batch = np.asarray(next(iter(model_input.values())) if isinstance(model_input, dict) else model_input)
@@ -181,7 +178,14 @@ def checkpoint_dir(model_uri: str) -> Path:
 
     from nsarm.train.export import fetch_export
 
-    local = Path(download_artifacts(artifact_uri=model_uri, dst_path=tempfile.mkdtemp(prefix="nsarm-model-")))
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # a few small files: no progress bars on stderr
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    try:
+        local = Path(download_artifacts(artifact_uri=model_uri, dst_path=tempfile.mkdtemp(prefix="nsarm-model-")))
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     found = list(local.rglob(REFERENCE))
     if not found:
         raise ValueError(f"{model_uri} is not an NSARM MLflow model (it has no {REFERENCE})")

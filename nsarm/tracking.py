@@ -301,7 +301,9 @@ def get_model_version(name: str, alias: str | None = None, version: str | None =
     init_tracking(tracking_uri)
     client = mlflow.MlflowClient()
     mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    return {"version": str(mv.version), "source": mv.source, "run_id": mv.run_id, "model_id": mv.model_id,
+    # the server's answer may leave model_id empty; the source of a logged model's version is models:/<model id>
+    model_id = mv.model_id or (mv.source.removeprefix("models:/") if mv.source.startswith("models:/m-") else None)
+    return {"version": str(mv.version), "source": mv.source, "run_id": mv.run_id, "model_id": model_id,
             "tags": dict(mv.tags), "aliases": list(mv.aliases), "description": mv.description}
 
 

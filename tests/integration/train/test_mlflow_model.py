@@ -162,7 +162,8 @@ def test_mlflow_models_serve_answers_with_the_upscaled_image(registered, lr_phot
     import mlflow
 
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"], "NSARM_MODEL_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"], "NSARM_MODEL_CACHE": str(tmp_path / "cache"),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the server runs `uvicorn` from PATH
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/nsarm@champion", "-h", "127.0.0.1",
                              "-p", str(port), "--env-manager", "local", "-w", "1"], env=env, stdout=log,
@@ -187,6 +188,7 @@ def test_mlflow_models_serve_answers_with_the_upscaled_image(registered, lr_phot
         expected = mlflow.pyfunc.load_model("models:/nsarm@champion").predict(lr[None], params={"seed": 3})
         assert served.shape == (1, 160, 192, 3) and np.array_equal(served, expected)
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
         log.close()
