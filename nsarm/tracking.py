@@ -338,14 +338,15 @@ def log_dataset(manifest: Mapping[str, Any], manifest_url: str, *, context: str 
 
 
 def split_manifest(manifest: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-    """(configs, counts) of a manifest: every value under a `config` key (stage settings, strings included) as
-    nested params, and the other numeric leaves (samples, shards, per-stage counts, rates) as flat metrics."""
+    """(configs, counts) of a manifest: every value under a `config` key (stage settings, strings included) and the
+    manifest format as nested params, and the other numeric leaves (samples, shards, per-stage counts, rates) as
+    flat metrics."""
     configs: dict[str, Any] = {}
     counts: dict[str, float] = {}
 
     def walk(obj: Mapping[str, Any], path: tuple[str, ...], in_config: bool) -> None:
         for k, v in obj.items():
-            inner = in_config or k == "config"
+            inner = in_config or k in ("config", "format")
             if isinstance(v, Mapping):
                 walk(v, (*path, str(k)), inner)
             elif inner:
