@@ -42,14 +42,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nsarm" / "models")
 
 
-def reference(export: dict) -> dict:
-    """The reference.json of an export: where its files are, their sha256, and the tokenizer / text encoder."""
-    from nsarm.checkpoints import TEXT_DIR, read_model_config
+def reference(export: dict, cfg) -> dict:
+    """The reference.json of an export (model config `cfg`): where its files are, their sha256, and the tokenizer /
+    text encoder."""
+    from nsarm.checkpoints import TEXT_DIR
     from nsarm.train.export import loadable_files
 
     files = loadable_files(export["uri"])
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = read_model_config(_config_copy(export["uri"], Path(tmp)).parent)
     text = (f"{export['uri']}/{TEXT_DIR} (saved with the export)" if any(f.startswith(TEXT_DIR) for f in files)
             else f"{cfg.text_encoder} (a local directory, given at load: NSARM_TEXT_ENCODER)")
     return {"uri": export["uri"], "files": files, "model": cfg.name,
@@ -132,13 +131,13 @@ def log_export(export: dict, name: str, run_id: str, *, copy_weights: bool = Fal
 
     from nsarm.checkpoints import read_model_config
 
-    ref = reference(export)
     model = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type="nsarm-x4-sr",
                                            tags={k: str(v) for k, v in (tags or {}).items()})
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             cfg = read_model_config(_config_copy(export["uri"], tmp).parent)
+            ref = reference(export, cfg)
             (tmp / REFERENCE).write_text(json.dumps(ref, indent=2))
             (tmp / EXPORT_INFO).write_text(json.dumps(export, indent=2, default=str))
             artifacts = {REFERENCE: str(tmp / REFERENCE), CONFIG: str(tmp / CONFIG),
