@@ -65,7 +65,8 @@ def _champion_score(uri: str, metric: str) -> tuple[dict | None, float]:
     except Exception:  # no champion yet (MLflow raises RESOURCE_DOES_NOT_EXIST)
         return None, math.nan
     have = tracking.logged_model_metrics(current["model_id"], uri) if current["model_id"] else {}
-    return current, float(have.get(f"eval.{metric}", math.nan))
+    # versions registered before scores became metrics kept them as tags
+    return current, float(have.get(f"eval.{metric}", current["tags"].get(f"eval.{metric}", math.nan)))
 
 
 def promote_champion(trained: dict, scores: dict, metric: str = "psnr") -> dict:
