@@ -3,6 +3,7 @@
     nsarm upscale lr.png sr.png --checkpoint runs/tiny/ckpt            # our checkpoint (config.json + weights)
     nsarm upscale lr_dir/ sr_dir/ --checkpoint NSARM.pth --preset nsarm-8b \
         --tokenizer infinity_vae_d56_f8_14_patchify.pth --text-encoder flan-t5-xl/ --caption-file captions.jsonl
+    nsarm upscale lr.png sr.png --model models:/nsarm@champion   # a registered version ($MLFLOW_TRACKING_URI)
 
 Captions: --caption for every image, or --caption-file: a .jsonl with `image_path` + `long_caption` per line
 (the release's format), a .json object {file name: caption}, or a .txt used for every image. Without either the
@@ -28,7 +29,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("upscale", help="x4 super-resolve an image or a folder of images (NSARM, tiled)")
     p.add_argument("input", type=Path, help="PNG/JPEG file or folder of them")
     p.add_argument("output", type=Path, help="output PNG file (for a file input) or folder")
-    p.add_argument("--checkpoint", type=Path, required=True, help="our checkpoint dir, or the official NSARM.pth")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="our checkpoint dir, or the official NSARM.pth")
+    src.add_argument("--model", help="MLflow model URI: models:/nsarm@champion, models:/nsarm/3, runs:/<id>/<name> "
+                                     "(tracking server from $MLFLOW_TRACKING_URI; weights fetched and sha256-checked)")
     p.add_argument("--preset", default="nsarm-8b", help="architecture of an official .pth checkpoint")
     p.add_argument("--tokenizer", type=Path, help="VAE weights (official .pth or ours); required with NSARM.pth")
     p.add_argument("--text-encoder", type=Path, help="T5 directory (default: <checkpoint>/text_encoder)")
@@ -98,6 +102,16 @@ def _captions(args, images: list[Path]) -> list[str]:
     return [table[p.name] for p in images]
 
 
+def _resolve_model(uri: str) -> Path:
+    """The verified local checkpoint directory of an MLflow model URI (UpscaleError when it cannot be had)."""
+    from nsarm.pyfunc import checkpoint_dir
+
+    try:
+        return checkpoint_dir(uri)
+    except Exception as e:  # MlflowException (unknown model/alias, server down), ExportError (missing/changed file)
+        raise UpscaleError(f"--model {uri}: {e}") from e
+
+
 def _load(args, device):
     from nsarm.checkpoints import CONFIG, load_checkpoint, load_nsarm
     from nsarm.text import build_tiny_text_encoder, load_text_encoder
@@ -163,12 +177,14 @@ def _upscale(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from nsarm.inference import SamplingConfig, UpscaleOptions, upscale_images
+    from nsarm.inference import upscale_images
 
     images = _inputs(args.input)
     captions = _captions(args, images)
     pictures = [_open(p) for p in images]  # fail on a bad file before loading a large model
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.model is not None:
+        args.checkpoint = _resolve_model(args.model)
     model, encoder = _load(args, device)
     cfg = model.cfg
     if args.tile is not None and args.tile != cfg.lr_size:
@@ -176,15 +192,7 @@ def _upscale(args: argparse.Namespace) -> int:
             f"--tile {args.tile}: model {cfg.name!r} only runs on {cfg.lr_size}² LR tiles (its transformation "
             "network's LayerNorms fix the size); larger inputs are tiled automatically"
         )
-    sampling = SamplingConfig(
-        cfg_scale=cfg.cfg_scale if args.cfg is None else args.cfg,
-        tau=cfg.tau if args.tau is None else args.tau,
-        top_p=cfg.top_p,
-        next_mode=cfg.next_mode,
-    )
-    options = UpscaleOptions(
-        sampling=sampling, seed=args.seed, overlap=args.overlap, batch_size=args.batch_size, colour_fix=not args.no_colour_fix
-    )
+    options = upscale_options(cfg, args.seed, args.cfg, args.tau, args.overlap, args.batch_size, not args.no_colour_fix)
     if args.input.is_dir():
         outputs = [args.output / f"{p.stem}.png" for p in images]
     elif args.output.is_dir():
@@ -202,10 +210,50 @@ def _upscale(args: argparse.Namespace) -> int:
     bar.close()
     for sr, out in zip(results, outputs, strict=True):
         out.parent.mkdir(parents=True, exist_ok=True)
-        arr = (sr.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        Image.fromarray(arr).save(out)
+        Image.fromarray(to_uint8(sr)).save(out)
         print(out)
     return 0
+
+
+def upscale_options(cfg, seed: int | None = 1, cfg_scale: float | None = None, tau: float | None = None,
+                    overlap: int | None = None, batch_size: int = 4, colour_fix: bool = True):
+    """`nsarm upscale`'s UpscaleOptions: sampling from the model config unless `cfg_scale` / `tau` are given."""
+    from nsarm.inference import SamplingConfig, UpscaleOptions
+
+    sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if cfg_scale is None else cfg_scale,
+                              tau=cfg.tau if tau is None else tau, top_p=cfg.top_p, next_mode=cfg.next_mode)
+    return UpscaleOptions(sampling=sampling, seed=seed, overlap=overlap, batch_size=batch_size, colour_fix=colour_fix)
+
+
+def to_uint8(sr_3HW):
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 numpy array, as `nsarm upscale` writes its PNGs."""
+    import torch
+
+    return (sr_3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def load_upscaler(checkpoint: str | Path, device: str | None = None, text_encoder: str | Path | None = None):
+    """(model, text encoder) of our-format checkpoint directory, loaded as `nsarm upscale --checkpoint` does."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args = argparse.Namespace(checkpoint=Path(checkpoint), preset=None, tokenizer=None,
+                              text_encoder=Path(text_encoder) if text_encoder else None)
+    return _load(args, torch.device(device))
+
+
+def upscale_arrays(model, encoder, lr_images, *, seed: int | None = 1, cfg_scale: float | None = None,
+                   tau: float | None = None, batch_size: int = 4, caption: str | None = None) -> list:
+    """uint8 (h, w, 3) arrays -> uint8 (4h, 4w, 3) arrays; same pixels as `nsarm upscale` with these settings."""
+    import torch
+
+    from nsarm.inference import upscale_images
+
+    options = upscale_options(model.cfg, seed, cfg_scale, tau, batch_size=batch_size)
+    with torch.no_grad():
+        srs = upscale_images(model, list(lr_images), encoder.encode([caption or DEFAULT_CAPTION] * len(lr_images)),
+                             options)
+    return [to_uint8(sr) for sr in srs]
 
 
 def build_upscale_fn(checkpoint: str | Path, device: str | None = None, seed: int = 0, caption: str = "",
@@ -232,6 +280,6 @@ def build_upscale_fn(checkpoint: str | Path, device: str | None = None, seed: in
         caps = [c if c else caption for c in (captions or [None] * len(lr_images))]
         with torch.no_grad():
             srs = upscale_images(model, list(lr_images), encoder.encode(caps), UpscaleOptions(seed=seed))
-        return [(sr.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy() for sr in srs]
+        return [to_uint8(sr) for sr in srs]
 
     return upscale_fn

@@ -198,11 +198,68 @@ def metric_history(run_id: str, key: str, tracking_uri: str | None = None) -> li
     return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
 
 
+# MLflow 3's experiment type (the UI's "Experiment type: Machine learning" vs GenAI), an experiment tag.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def mark_model_training(experiment: str, tracking_uri: str | None = None) -> str:
+    """Create `experiment` if missing and mark it a model-training experiment; returns its id."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    if not exp or exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return exp_id
+
+
+def find_model_version(name: str, run_id: str, tags: Mapping[str, Any], tracking_uri: str | None = None) -> str | None:
+    """The version of `name` registered from `run_id` whose tags include `tags` (e.g. the export's sha256), or None."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    want = {k: str(v) for k, v in tags.items()}
+    for mv in mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if all(mv.tags.get(k) == v for k, v in want.items()):
+            return str(mv.version)
+    return None
+
+
+def log_model_metrics(model_id: str, run_id: str, metrics: Mapping[str, float],
+                      tracking_uri: str | None = None) -> dict[str, float]:
+    """Log finite metrics on an MLflow 3 logged model (they show on its registered versions' pages); returns them."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real) and math.isfinite(float(v))}
+    if clean:
+        mlflow.log_metrics(clean, run_id=run_id, model_id=model_id)
+    return clean
+
+
+def logged_model_metrics(model_id: str, tracking_uri: str | None = None) -> dict[str, float]:
+    """{key: latest value} of an MLflow 3 logged model's metrics."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    metrics = sorted(mlflow.get_logged_model(model_id).metrics or [], key=lambda m: (m.timestamp, m.step))
+    return {m.key: m.value for m in metrics}
+
+
+def set_model_version_description(name: str, version: str, description: str, tracking_uri: str | None = None) -> None:
+    import mlflow
+
+    init_tracking(tracking_uri)
+    mlflow.MlflowClient().update_model_version(name, version, description=description)
+
+
 def register_model_version(name: str, *, source: str, run_id: str | None = None,
                            tags: Mapping[str, str] | None = None, description: str | None = None,
-                           tracking_uri: str | None = None) -> str:
-    """Create registered model `name` if missing and add a version whose source is `source` (e.g.
-    `runs:/<id>/model-pointer/stage2`); returns the version number as a string."""
+                           model_id: str | None = None, tracking_uri: str | None = None) -> str:
+    """Create registered model `name` if missing and add a version whose source is `source` (an MLflow model URI,
+    `models:/<model id>`, with that logged model's `model_id`); returns the version number as a string."""
     import mlflow
 
     init_tracking(tracking_uri)
@@ -210,11 +267,12 @@ def register_model_version(name: str, *, source: str, run_id: str | None = None,
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description="NSARM checkpoints: each version's tags hold the "
-                                                         "checkpoint URI and its sha256")
+        client.create_registered_model(name, description="NSARM ×4 super-resolution (pyfunc: uint8 RGB images in, "
+                                                         "×4 images out); the weights stay at the export URI in "
+                                                         "each version's tags and are sha256-checked at load")
     mv = client.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in
                                                                                (tags or {}).items()},
-                                     description=description)
+                                     description=description, model_id=model_id)
     return str(mv.version)
 
 
@@ -236,20 +294,25 @@ def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any], tra
 
 def get_model_version(name: str, alias: str | None = None, version: str | None = None,
                       tracking_uri: str | None = None) -> dict:
-    """A registered version (by alias or number): {"version", "source", "run_id", "tags", "aliases"}."""
+    """A registered version (by alias or number): {"version", "source", "run_id", "model_id", "tags", "aliases",
+    "description"}."""
     import mlflow
 
     init_tracking(tracking_uri)
     client = mlflow.MlflowClient()
     mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    return {"version": str(mv.version), "source": mv.source, "run_id": mv.run_id, "tags": dict(mv.tags),
-            "aliases": list(mv.aliases)}
+    # the server's answer may leave model_id empty; the source of a logged model's version is models:/<model id>
+    model_id = mv.model_id or (mv.source.removeprefix("models:/") if mv.source.startswith("models:/m-") else None)
+    return {"version": str(mv.version), "source": mv.source, "run_id": mv.run_id, "model_id": model_id,
+            "tags": dict(mv.tags), "aliases": list(mv.aliases), "description": mv.description}
 
 
-def log_dataset(manifest: Mapping[str, Any], manifest_url: str, *, context: str = "training") -> None:
-    """Record a dataset in the active run: an MLflow dataset input (name, digest = manifest hash, source = root),
-    the manifest as an artifact, and its counts as metrics. Used by the build-dataset flow and by training
-    (lineage: which dataset a model was trained on)."""
+def log_dataset(manifest: Mapping[str, Any], manifest_url: str, *, context: str = "training",
+                details: bool = True) -> None:
+    """Record a dataset in the active run: an MLflow dataset input (name, digest = manifest hash, source = root) and
+    the manifest as an artifact; with `details` (the build run) also its stage configs as params `dataset.*` and its
+    counts as metrics. Used by the build-dataset flow and by training (lineage: which dataset a model was trained
+    on; there `details=False`, the run's own params say which root and version)."""
     import hashlib
     import json
     import tempfile
@@ -267,18 +330,32 @@ def log_dataset(manifest: Mapping[str, Any], manifest_url: str, *, context: str 
         path = Path(d) / "manifest.json"
         path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         mlflow.log_artifact(str(path), artifact_path="dataset")
-    counts = _numeric_leaves(manifest)
-    if counts:
+    if details:
+        configs, counts = split_manifest(manifest)
+        log_params({"dataset": configs})
         log_metrics(counts)
     mlflow.set_tag("dataset.manifest", manifest_url)
 
 
-def _numeric_leaves(obj: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """{"hr": {"counts": {"successes": 7}}} -> {"hr.counts.successes": 7}; lists, strings and bools skipped."""
-    out: dict[str, float] = {}
-    for k, v in obj.items():
-        if isinstance(v, Mapping):
-            out.update(_numeric_leaves(v, f"{prefix}{k}."))
-        elif isinstance(v, numbers.Number) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = float(v)
-    return out
+def split_manifest(manifest: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """(configs, counts) of a manifest: every value under a `config` key (stage settings, strings included) and the
+    manifest format as nested params, and the other numeric leaves (samples, shards, per-stage counts, rates) as
+    flat metrics."""
+    configs: dict[str, Any] = {}
+    counts: dict[str, float] = {}
+
+    def walk(obj: Mapping[str, Any], path: tuple[str, ...], in_config: bool) -> None:
+        for k, v in obj.items():
+            inner = in_config or k in ("config", "format")
+            if isinstance(v, Mapping):
+                walk(v, (*path, str(k)), inner)
+            elif inner:
+                node = configs
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[str(k)] = v
+            elif isinstance(v, numbers.Number) and not isinstance(v, bool):
+                counts[".".join((*path, str(k)))] = float(v)
+
+    walk(manifest, (), False)
+    return configs, counts

@@ -18,10 +18,15 @@ are each process's own AWS chain, or `worker_env={"AWS_ACCESS_KEY_ID": …, "AWS
 cluster whose nodes have none (they then also travel inside the pickled storage filesystem).
 
 MLflow (when a tracking URI is given or $MLFLOW_TRACKING_URI is set): the driver creates one run per stage (its
-id is stored beside the checkpoints, so a rerun continues the same run), logs every config as params and the
-dataset manifest as lineage; rank 0 logs losses/lr/throughput per step, system metrics and LR|SR|HR grids; at the
-end the driver registers the exported model as a version of `nsarm` (source = a small pointer artifact; tags =
-checkpoint URI + sha256) and moves the alias `stage{n}` to it.
+id is stored beside the checkpoints, so a rerun continues the same run) in the model-training experiment
+`nsarm-train`, logs every config as params and the dataset as the run's input (lineage); rank 0 logs
+losses/lr/throughput per step, system metrics and LR|SR|HR grids; at the end the driver logs the export as an MLflow
+pyfunc model of the run (nsarm/pyfunc.py: weights referenced by URI + sha256, not copied), registers it as a version
+of `nsarm` and moves the alias `stage{n}` to it.
+
+Reruns change nothing that exists: the export path is named after the step count and the training config
+(`export/step000024-<hash>`), exports are write-once (export.py), and a version already registered from the same
+run with the same sha256 is reused, not registered again.
 
 Test hooks (driver environment): NSARM_TRAIN_FAIL_AT_STEP=N [NSARM_TRAIN_FAIL_RANK=r] kills that worker right
 after step N, once per call; NSARM_TRAIN_SAMPLE_LOG=path makes every rank append its sample keys and loss per
@@ -181,6 +186,7 @@ def _start_tracking(cfg: TrainConfig, scaling: ScalingSpec, root: str, run_dir: 
     from nsarm import tracking
     from nsarm.model import model_config
 
+    tracking.mark_model_training(EXPERIMENT, tracking_uri)
     id_url = f"{run_dir}/{RUN_ID_FILE}"
     run_id = _read_text(id_url)
     if run_id and tracking.run_exists(run_id, tracking_uri):
@@ -194,32 +200,45 @@ def _start_tracking(cfg: TrainConfig, scaling: ScalingSpec, root: str, run_dir: 
                              "scaling": asdict(scaling), "dataset": {"root": root, "version": version}})
         manifest = contract.manifest_path(root)
         if contract.exists(manifest):
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp) / "manifest.json"
-                local.write_text(json.dumps(contract.read_json(manifest), indent=2))
-                tracking.log_artifact(local, "dataset")
+            tracking.log_dataset(contract.read_json(manifest), manifest, context="training", details=False)
     _write_text(id_url, run_id)
     return run_id
 
 
 def register_export(export: dict, run_id: str, stage: int, tracking_uri: str | None,
-                    aliases: tuple[str, ...] = ()) -> str:
-    """Register an export as a version of `nsarm`: a pointer artifact (export.json) under the run is the source,
-    the tags carry the checkpoint URI + sha256. Moves each alias (default `stage{n}`) to the new version."""
-    from nsarm import tracking
+                    aliases: tuple[str, ...] = (), preset: str = "", dataset: str = "") -> str:
+    """Register an export as a version of `nsarm`, once: the export is logged as an MLflow pyfunc model of the run
+    (the version's source) and its export.json as `model-pointer/stage{n}`; the tags carry the checkpoint URI +
+    sha256. A version already registered from this run with this sha256 is returned instead of a new one. Moves
+    each alias (default `stage{n}`) to the version."""
+    from nsarm import pyfunc, tracking
+    from nsarm.train.registry import version_description
 
-    with tempfile.TemporaryDirectory() as tmp, tracking.start_run(EXPERIMENT, run_id=run_id, tracking_uri=tracking_uri):
-        p = Path(tmp) / "export.json"
-        p.write_text(json.dumps(export, indent=2, default=str))
-        tracking.log_artifact(p, f"model-pointer/stage{stage}")
     tags = {"checkpoint_uri": export["uri"], "sha256": export["sha256"], "official_uri": export["official"],
-            "official_sha256": export["official_sha256"], "stage": stage, "step": export.get("step", "")}
-    version = tracking.register_model_version(REGISTERED_MODEL, source=f"runs:/{run_id}/model-pointer/stage{stage}",
-                                              run_id=run_id, tags=tags, tracking_uri=tracking_uri,
-                                              description=f"stage {stage} export at {export['uri']}")
+            "official_sha256": export["official_sha256"], "stage": stage, "step": export.get("step", ""),
+            "preset": preset, "dataset": dataset}
+    version = tracking.find_model_version(REGISTERED_MODEL, run_id, {"sha256": export["sha256"],
+                                                                     "checkpoint_uri": export["uri"]}, tracking_uri)
+    if version is None:
+        with tempfile.TemporaryDirectory() as tmp, \
+                tracking.start_run(EXPERIMENT, run_id=run_id, tracking_uri=tracking_uri):
+            p = Path(tmp) / "export.json"
+            p.write_text(json.dumps(export, indent=2, default=str))
+            tracking.log_artifact(p, f"model-pointer/stage{stage}")
+            info = pyfunc.log_export(export, f"nsarm-stage{stage}", run_id, tags=tags)
+        version = tracking.register_model_version(REGISTERED_MODEL, source=info.model_uri, run_id=run_id,
+                                                  model_id=info.model_id, tags=tags, tracking_uri=tracking_uri,
+                                                  description=version_description(tags))
     for alias in aliases or (f"stage{stage}",):
         tracking.set_model_alias(REGISTERED_MODEL, alias, version, tracking_uri)
     return version
+
+
+def export_name(cfg: TrainConfig) -> str:
+    """The export directory of a finished run with `cfg`: `step{steps:06d}-{config hash}`; a run continued with more
+    steps or other settings exports to a new path, the same settings find their (write-once) export again."""
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"step{cfg.steps:06d}-{digest}"
 
 
 def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int | None = None,
@@ -264,7 +283,7 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     run_id = _start_tracking(cfg, scaling, root, run_dir, name, preset, tracking_uri) if tracking_uri else None
     cache = _local_cache_dir(storage, name)
-    export_uri = f"{run_dir}/export"
+    export_uri = f"{run_dir}/export/{export_name(cfg)}"
     config = {"train": cfg.to_dict(), "root": root, "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
               "system_metrics": system_metrics, "use_gpu": scaling.use_gpu,
               "options": {"export_dir": export_uri, "latent_cache": f"{cache}/latents",
@@ -299,7 +318,8 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
            "metrics": dict(result.metrics or {}), "mlflow_run_id": run_id, "model_version": None,
            "tracking_uri": tracking_uri}
     if run_id and register:
-        out["model_version"] = register_export(export, run_id, stage, tracking_uri)
+        out["model_version"] = register_export(export, run_id, stage, tracking_uri, preset=preset,
+                                               dataset=_dataset_label(root))
     return out
 
 
@@ -310,6 +330,15 @@ def _watch_progress(label: str, run_id: str | None, tracking_uri: str | None, st
     from nsarm.train.progress import TrainProgress
 
     return TrainProgress(label, run_id, tracking_uri, steps, num_workers)
+
+
+def _dataset_label(root: str) -> str:
+    """`name@version (root)` of a dataset root, for the model version's page."""
+    from dataset import contract
+
+    url = contract.manifest_path(root)
+    manifest = contract.read_json(url) if contract.exists(url) else {}
+    return f"{manifest.get('name', 'dataset')}@{manifest.get('version', dataset_version(root))} ({root})"
 
 
 def _checkpoint_uri(storage: str, checkpoint) -> str | None:

@@ -32,13 +32,21 @@ def test_train_flow_registers_champion(embedded_stack, train_root, tmp_path, mon
     champ = tracking.get_model_version("nsarm", alias="champion", tracking_uri=uri)
     assert champ["tags"]["checkpoint_uri"].startswith(str(tmp_path / "runs"))
     assert champ["tags"]["stage"] == "2" and "stage2" in champ["aliases"]
-    assert float(champ["tags"]["eval.psnr"]) > 5 and float(champ["tags"]["eval.bicubic_psnr"]) > 5
+    scores = tracking.logged_model_metrics(champ["model_id"], uri)  # model-version metrics, not tags
+    assert scores["eval.psnr"] > 5 and scores["eval.bicubic_psnr"] > 5
+    assert f"PSNR-Y {scores['eval.psnr']:.2f} dB vs bicubic {scores['eval.bicubic_psnr']:.2f} dB" in champ["description"]
     assert verify_export(champ["tags"]["checkpoint_uri"])["sha256"] == champ["tags"]["sha256"]
     from nsarm.train.registry import resolve_checkpoint
 
     assert resolve_checkpoint("champion", uri) == champ["tags"]["checkpoint_uri"]
     model = load_checkpoint(champ["tags"]["checkpoint_uri"])
     assert model.cfg.name == "tiny" and model.tokenizer is not None and model.map_transformer is not None
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(uri)
+    sr = mlflow.pyfunc.load_model("models:/nsarm@champion").predict(np.zeros((1, 16, 24, 3), np.uint8))
+    assert sr.shape == (1, 64, 96, 3) and sr.dtype == np.uint8
     stage1 = tracking.get_model_version("nsarm", alias="stage1", tracking_uri=uri)
     assert stage1["version"] != champ["version"]
 
