@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch: "0" = one machine, node IP stays 127.0.0.1
 
 
 class StackError(RuntimeError):
@@ -101,10 +102,18 @@ class StackConfig:
             return {}
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path)}
 
+    def ray_env(self) -> dict[str, str]:
+        """What every process of this stack's Ray cluster (head, nodes, drivers) needs: the token settings, and
+        Ray's single-machine switch, under which Ray keeps 127.0.0.1 as the node IP and binds every server there (on
+        Linux Ray otherwise swaps a loopback node IP for the machine's address and listens on all interfaces)."""
+        if self.ray_address:
+            return {}
+        return {**self.ray_auth_env(), LOOPBACK_ENV: "0"}
+
     def client_env(self) -> dict[str, str]:
         """The environment a flow / client needs to talk to this stack."""
         return {"PREFECT_API_URL": self.prefect_url, "MLFLOW_TRACKING_URI": self.mlflow_url, "RAY_ADDRESS": self.ray_url,
-                **self.ray_auth_env()}
+                **self.ray_env()}
 
 
 @dataclass
@@ -158,7 +167,7 @@ def services(cfg: StackConfig) -> list[Service]:
                 f"http://{HOST}:{cfg.mlflow_port}/health", (cfg.mlflow_port,), base_env,
                 external=cfg.mlflow_tracking_uri),
         Service("ray", ray_cmd, f"{cfg.ray_dashboard}/api/version",
-                (cfg.ray_port, cfg.ray_dashboard_port, cfg.ray_client_port), {**base_env, **cfg.ray_auth_env()},
+                (cfg.ray_port, cfg.ray_dashboard_port, cfg.ray_client_port), {**base_env, **cfg.ray_env()},
                 external=cfg.ray_address, token_file=cfg.ray_token_path),
         Service("deployments", [sys.executable, "-m", "flows.serve"], None, (), {**base_env, **cfg.client_env()}),
     ]
