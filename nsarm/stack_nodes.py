@@ -27,7 +27,6 @@ from nsarm.stack import (
     StackConfig,
     StackError,
     _alive,
-    _bin,
     _free_port,
     _log_file,
     _log_tail,
@@ -97,6 +96,7 @@ def node_command(cfg: StackConfig, num_cpus: int, resources: dict[str, float]) -
             "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
             "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
             "--metrics-export-port", str(ports[4]),
+            "--min-worker-port", str(cfg.ray_min_worker_port), "--max-worker-port", str(cfg.ray_max_worker_port),
             # Ray's default (30% of RAM per node) would reserve several GiB of /dev/shm per simulated node
             "--object-store-memory", str(1 << 30),
             # the head's session dir: one cluster, one place for logs (`ray` tools find it there)
