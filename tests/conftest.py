@@ -176,10 +176,26 @@ def submit_deployment(cfg, name: str, params: dict | None = None) -> str:
     return re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout).group(1)
 
 
-def flow_run(cfg, run_id: str) -> dict:
+def prefect_api(cfg):
+    """A requests.Session for the stack's Prefect REST API as its own clients call it: the basic-auth header and a
+    CSRF token (the server refuses writes, filters included, without one)."""
+    import uuid
+
     import requests
 
-    return requests.get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=10).json()
+    from nsarm import stack
+
+    session = requests.Session()
+    session.headers.update(stack.prefect_headers(cfg))
+    client = str(uuid.uuid4())
+    r = session.get(f"{cfg.prefect_url}/csrf-token", params={"client": client}, timeout=10)
+    if r.status_code == 200:  # 422 when the server has CSRF protection off (an external Prefect)
+        session.headers.update({"Prefect-Csrf-Token": r.json()["token"], "Prefect-Csrf-Client": client})
+    return session
+
+
+def flow_run(cfg, run_id: str) -> dict:
+    return prefect_api(cfg).get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=10).json()
 
 
 def wait_flow_run(cfg, run_id: str, timeout: float) -> dict:
