@@ -403,18 +403,25 @@ def _write_secret(path: Path) -> None:
         f.write(text)
 
 
+def _make_entries_private(folder: Path) -> None:
+    """`folder` and its direct subfolders 0700, its files 0600 (links untouched)."""
+    folder.chmod(0o700)
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            entry.chmod(0o700)
+        elif entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o600)
+
+
 def make_private(cfg: StackConfig) -> None:
     """The state directory is the user's alone: 0700 for it and its bookkeeping folders, 0600 for the files there
-    (databases, secrets, logs, PID files). Services start with umask 077, so what they create later is private too."""
+    (databases, secrets, logs, PID files). Services start with umask 077, so what they create later is private too.
+    Ray alone makes its temp and session folders (`ray/`) 0777, on purpose and again at every driver's start; the
+    0700 state directory around them keeps other users out."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for folder in (cfg.state_dir, cfg.state_dir / "logs", cfg.state_dir / "pids"):
         folder.mkdir(exist_ok=True, mode=0o700)
-        folder.chmod(0o700)
-        for entry in folder.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                entry.chmod(0o700)
-            elif entry.is_file() and not entry.is_symlink():
-                entry.chmod(0o600)
+        _make_entries_private(folder)
     if cfg.ray_auth_env():
         _write_secret(cfg.ray_token_path)
     if not cfg.prefect_api_url:
