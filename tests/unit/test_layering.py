@@ -1,5 +1,5 @@
 """DESIGN §2 layering, checked on the source: libraries never import Prefect or the flows; Ray only in a
-`distributed.py` adapter (or nsarm/train/ray_trainer.py); MLflow only in nsarm/tracking.py."""
+`distributed.py` adapter (or nsarm/train/ray_trainer.py, nsarm/ray_loopback.py); MLflow only in nsarm/tracking.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARIES = ("nsarm", "dataset", "degradation", "captioning")
-RAY_ADAPTERS = {"nsarm/train/ray_trainer.py"}  # plus every library's distributed.py
+# plus every library's distributed.py; ray_loopback is the stack's `ray start` entry point for extra nodes
+RAY_ADAPTERS = {"nsarm/train/ray_trainer.py", "nsarm/ray_loopback.py"}
 MLFLOW_ADAPTERS = {"nsarm/tracking.py"}
 
 
