@@ -41,7 +41,7 @@ def _run(cfg: stack.StackConfig, deployment: str, parameters: dict, timeout_s: f
     t0 = time.monotonic()
     started = run_deployment(deployment, parameters=parameters, timeout=0)
     run = follow(cfg.prefect_url, str(started.id), echo=lambda line: print(f"    | {line}", flush=True),
-                 timeout_s=timeout_s)
+                 timeout_s=timeout_s, session=stack.prefect_session(cfg))
     state = run["state"]
     print(f"    flow run {run['name']} ({run['id']}) -> {state['name']} in {time.monotonic() - t0:.0f} s")
     if state["type"] != "COMPLETED":

@@ -40,18 +40,22 @@ def name_ray_job(title: str) -> None:
     connect(job_name=f"{title} (flow run {flow_run.name})")
 
 
-def read_logs(api_url: str, flow_run_id: str, offset: int = 0, limit: int = 200) -> list[dict]:
-    """The flow run's log records (its tasks' included) from the Prefect API, oldest first, from `offset`."""
+def read_logs(api_url: str, flow_run_id: str, offset: int = 0, limit: int = 200, session=None) -> list[dict]:
+    """The flow run's log records (its tasks' included) from the Prefect API, oldest first, from `offset`.
+
+    `session`: a requests.Session carrying the API's credentials (nsarm.stack.prefect_session for the embedded
+    stack, whose Prefect refuses unauthenticated calls); plain `requests` when None."""
     body = {"logs": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "sort": "TIMESTAMP_ASC", "offset": offset,
             "limit": limit}
-    resp = requests.post(f"{api_url.rstrip('/')}/logs/filter", json=body, timeout=30)
+    resp = (session or requests).post(f"{api_url.rstrip('/')}/logs/filter", json=body, timeout=30)
     resp.raise_for_status()
     return resp.json()
 
 
 def follow(api_url: str, flow_run_id: str, echo: Callable[[str], None] = print, poll_s: float = 2.0,
-           timeout_s: float = 3600) -> dict:
+           timeout_s: float = 3600, session=None) -> dict:
     """Echo each new log message of the flow run until it is terminal; returns the flow run's final JSON.
+    `session` as in read_logs.
 
     Raises:
         TimeoutError: not terminal after `timeout_s` (the run keeps going on the server).
@@ -59,14 +63,14 @@ def follow(api_url: str, flow_run_id: str, echo: Callable[[str], None] = print, 
     seen, deadline = 0, time.monotonic() + timeout_s
 
     def drain(seen: int) -> int:
-        while batch := read_logs(api_url, flow_run_id, offset=seen):
+        while batch := read_logs(api_url, flow_run_id, offset=seen, session=session):
             for record in batch:
                 echo(record["message"])
             seen += len(batch)
         return seen
 
     while True:
-        run = requests.get(f"{api_url.rstrip('/')}/flow_runs/{flow_run_id}", timeout=30).json()
+        run = (session or requests).get(f"{api_url.rstrip('/')}/flow_runs/{flow_run_id}", timeout=30).json()
         seen = drain(seen)
         if run["state"]["type"] in TERMINAL:
             time.sleep(poll_s)  # the run's last records are sent in batches, after its final state

@@ -12,6 +12,7 @@ Only HTTP here: the pages are what a person would see, with no Prefect or MLflow
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -78,13 +79,17 @@ def stack_pages(cfg: stack.StackConfig, model: str = "nsarm", aliases: tuple[str
     ray_headers = {}
     if cfg.ray_token_path.exists() and not cfg.ray_address:
         ray_headers = {"Authorization": f"Bearer {cfg.ray_token_path.read_text().strip()}"}
+    # Prefect's UI signs in with the stack's auth string, kept (base64) in the browser's local storage
+    auth = cfg.prefect_auth()
+    prefect_login = {"prefect-password": base64.b64encode(auth.encode()).decode()} if auth else {}
     ui = cfg.prefect_ui
     return [
         # The activity sparkline of each deployment row gets its run bars from a later request than the names.
         Page("prefect-deployments", f"{ui}/deployments", expect=deployments,
-             selector=".flow-runs-bar-chart__bar-flow-run", min_count=len(deployments)),
+             selector=".flow-runs-bar-chart__bar-flow-run", min_count=len(deployments), local_storage=prefect_login),
         # The run list starts below a filter bar and a chart: 1200 px show the first four runs.
-        Page("prefect-flow-runs", f"{ui}/runs", expect=(*deployments, "Completed"), height=1200),
+        Page("prefect-flow-runs", f"{ui}/runs", expect=(*deployments, "Completed"), height=1200,
+             local_storage=prefect_login),
         # MLflow 3 opens its "Assistant" side panel on a browser's first visit, over half the versions table:
         # mark it as already shown and closed, as a returning user has it.
         Page("mlflow-model", f"{cfg.mlflow_url}/#/models/{model}", expect=(model, "Version", *aliases),

@@ -27,7 +27,6 @@ from nsarm.stack import (
     StackConfig,
     StackError,
     _alive,
-    _bin,
     _free_port,
     _log_file,
     _log_tail,
@@ -91,11 +90,13 @@ def node_command(cfg: StackConfig, num_cpus: int, resources: dict[str, float]) -
     """`ray start` for a worker node joining this stack's head, on free ports (the defaults, e.g. the dashboard
     agent's 52365, are already taken by the head on the same host)."""
     ports = [_free_port() for _ in range(5)]
-    return [_bin("ray"), "start", "--address", cfg.ray_url, "--block", "--node-ip-address", HOST,
+    # Ray's own CLI with loopback addresses kept (plain `ray start` would join via the machine's address)
+    return [sys.executable, "-m", "nsarm.ray_loopback", "start", "--address", cfg.ray_url, "--block", "--node-ip-address", HOST,
             "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
             "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
             "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
             "--metrics-export-port", str(ports[4]),
+            "--min-worker-port", str(cfg.ray_min_worker_port), "--max-worker-port", str(cfg.ray_max_worker_port),
             # Ray's default (30% of RAM per node) would reserve several GiB of /dev/shm per simulated node
             "--object-store-memory", str(1 << 30),
             # the head's session dir: one cluster, one place for logs (`ray` tools find it there)
@@ -125,7 +126,7 @@ def add_node(cfg: StackConfig, name: str | None = None, num_cpus: int = 1, resou
         raise StackError(f"node {name!r} is already running (pid {read_pid(cfg, _node_file_name(name))})")
     res = {**(resources or {}), node_resource(name): 1.0}
     svc = Service(_node_file_name(name), node_command(cfg, num_cpus, res), None, (),
-                  {"RAY_USAGE_STATS_ENABLED": "0", **cfg.ray_auth_env()})
+                  {"RAY_USAGE_STATS_ENABLED": "0", **cfg.ray_env()})
     pid = _start(cfg, svc)
     record = json.loads(_pid_file(cfg, svc.name).read_text())
     _pid_file(cfg, svc.name).write_text(json.dumps({**record, "name": name, "num_cpus": num_cpus, "resources": res}))

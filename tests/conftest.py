@@ -176,10 +176,15 @@ def submit_deployment(cfg, name: str, params: dict | None = None) -> str:
     return re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout).group(1)
 
 
-def flow_run(cfg, run_id: str) -> dict:
-    import requests
+def prefect_api(cfg):
+    """A requests.Session for the stack's Prefect REST API with its auth header and CSRF token."""
+    from nsarm import stack
 
-    return requests.get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=10).json()
+    return stack.prefect_session(cfg)
+
+
+def flow_run(cfg, run_id: str) -> dict:
+    return prefect_api(cfg).get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=10).json()
 
 
 def wait_flow_run(cfg, run_id: str, timeout: float) -> dict:

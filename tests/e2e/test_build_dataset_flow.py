@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 
-from tests.conftest import run_deployment_cli
+from tests.conftest import prefect_api, run_deployment_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BIN = Path(sys.executable).parent
@@ -75,8 +74,8 @@ def test_build_dataset_is_visible_in_mlflow_and_prefect(built_dataset, embedded_
     assert "dataset/manifest.json" in [a.path for a in client.list_artifacts(run.info.run_id, "dataset")]
     del run_id
     # the per-stage stats table is a markdown artifact on the flow run
-    arts = requests.post(f"{embedded_stack.prefect_url}/artifacts/filter",
-                         json={"artifacts": {"key": {"any_": ["build-dataset-stats"]}}}, timeout=10).json()
+    arts = prefect_api(embedded_stack).post(f"{embedded_stack.prefect_url}/artifacts/filter",
+                                            json={"artifacts": {"key": {"any_": ["build-dataset-stats"]}}}, timeout=10).json()
     assert arts and "| shard |" in arts[0]["data"] and "| degrade |" in arts[0]["data"]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import flow_run, run_deployment_cli
+from tests.conftest import flow_run, prefect_api, run_deployment_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -28,8 +28,8 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 def _logs(cfg, run_id: str) -> list[str]:
     from flows.progress import read_logs
 
-    out, offset = [], 0
-    while batch := read_logs(cfg.prefect_url, run_id, offset=offset):
+    out, offset, session = [], 0, prefect_api(cfg)
+    while batch := read_logs(cfg.prefect_url, run_id, offset=offset, session=session):
         out += [r["message"] for r in batch]
         offset += len(batch)
     return out
@@ -64,14 +64,15 @@ def trained(embedded_stack, built):
 def test_a_mistyped_preset_is_refused_before_launch(embedded_stack):
     import os
 
-    before = requests.post(f"{embedded_stack.prefect_url}/flow_runs/count", json={}, timeout=10).json()
+    api = prefect_api(embedded_stack)
+    before = api.post(f"{embedded_stack.prefect_url}/flow_runs/count", json={}, timeout=10).json()
     out = subprocess.run([PREFECT, "deployment", "run", "build-dataset/default", "-p", "preset=tyny"],
                          env={**os.environ, **embedded_stack.client_env()}, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert "preset" in text and "tyny" in text and "Traceback" not in text, text
-    assert requests.post(f"{embedded_stack.prefect_url}/flow_runs/count", json={}, timeout=10).json() == before
+    assert api.post(f"{embedded_stack.prefect_url}/flow_runs/count", json={}, timeout=10).json() == before
 
 
 def test_build_dataset_with_no_parameters_builds_the_bundled_photos(built):
@@ -88,7 +89,8 @@ def test_build_progress_is_in_the_flow_run_log_and_the_demo_prints_it(embedded_s
         assert f"{stage}: 2/2 shards (100%)" in logs, f"no {stage} progress in the flow run log:\n{logs}"
     assert "images/s" in logs and "captions/s" in logs and "ETA" in logs
     printed = []
-    final = follow(embedded_stack.prefect_url, built["run"]["id"], echo=printed.append, poll_s=0.1)
+    final = follow(embedded_stack.prefect_url, built["run"]["id"], echo=printed.append, poll_s=0.1,
+                   session=prefect_api(embedded_stack))
     assert final["state"]["type"] == "COMPLETED"
     assert any(line.startswith("degrade: 1/2 shards") for line in printed), printed
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import run_deployment_cli
+from tests.conftest import prefect_api, run_deployment_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.last]
 
@@ -35,10 +35,11 @@ def _need_browser():
 
 def _completed_runs(cfg) -> dict[str, list[dict]]:
     """Completed flow runs per flow name of the two deployments, newest first (Prefect REST API)."""
-    runs = requests.post(f"{cfg.prefect_url}/flow_runs/filter", timeout=10, json={
+    api = prefect_api(cfg)
+    runs = api.post(f"{cfg.prefect_url}/flow_runs/filter", timeout=10, json={
         "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}, "deployment_id": {"is_null_": False}},
         "sort": "START_TIME_DESC", "limit": 50}).json()
-    flows = {f["id"]: f["name"] for f in requests.post(f"{cfg.prefect_url}/flows/filter", json={}, timeout=10).json()}
+    flows = {f["id"]: f["name"] for f in api.post(f"{cfg.prefect_url}/flows/filter", json={}, timeout=10).json()}
     by_flow = {name: [] for name in DEPLOYMENTS}
     for run in runs:
         if flows.get(run["flow_id"]) in by_flow:
@@ -98,7 +99,8 @@ def test_prefect_deployments_page_shows_both_deployments(shots, embedded_stack):
     assert "Can't connect" not in shot.text
     for flow in DEPLOYMENTS:
         assert flow in shot.text
-    deployments = requests.post(f"{embedded_stack.prefect_url}/deployments/filter", json={}, timeout=10).json()
+    api = prefect_api(embedded_stack)
+    deployments = api.post(f"{embedded_stack.prefect_url}/deployments/filter", json={}, timeout=10).json()
     assert len(deployments) == 2
     for dep in deployments:  # each row links to its deployment page
         assert f"/deployments/deployment/{dep['id']}" in shot.html

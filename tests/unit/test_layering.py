@@ -1,6 +1,6 @@
 """docs/DESIGN.md §2 layering, checked on the source: libraries never import Prefect or the flows; Ray only in a
-`distributed.py` adapter (or nsarm/train/ray_trainer.py); MLflow only in nsarm/tracking.py and nsarm/pyfunc.py (the
-pyfunc flavor must subclass mlflow.pyfunc.PythonModel)."""
+`distributed.py` adapter (or nsarm/train/ray_trainer.py, nsarm/ray_loopback.py); MLflow only in nsarm/tracking.py and
+nsarm/pyfunc.py (the pyfunc flavor must subclass mlflow.pyfunc.PythonModel)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARIES = ("nsarm", "dataset", "degradation", "captioning")
-RAY_ADAPTERS = {"nsarm/train/ray_trainer.py"}  # plus every library's distributed.py
+# plus every library's distributed.py; ray_loopback is the stack's `ray start` entry point for extra nodes
+RAY_ADAPTERS = {"nsarm/train/ray_trainer.py", "nsarm/ray_loopback.py"}
 MLFLOW_ADAPTERS = {"nsarm/tracking.py", "nsarm/pyfunc.py"}
 
 
