@@ -52,9 +52,11 @@ def test_eval_checkpoint_scores_saved_outputs(tiny_checkpoint, sample_photos, tm
         assert abs(float(row["psnr"]) - ref) < 0.05, (key, row["psnr"], ref)
 
 
-def test_eval_checkpoint_missing_is_a_clear_error(tmp_path):
+def test_eval_checkpoint_missing_is_a_clear_error(tmp_path, capsys):
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
-    with pytest.raises(SystemExit) as err:
-        main(["eval", "--checkpoint", str(tmp_path / "nope"), "--lr-dir", str(tmp_path), "--name", "x",
-              "--out", str(tmp_path / "o"), "--no-mlflow"])
-    assert "checkpoint not found" in str(err.value) and "nope" in str(err.value)
+    rc = main(["eval", "--checkpoint", str(tmp_path / "nope"), "--lr-dir", str(tmp_path), "--name", "x",
+               "--out", str(tmp_path / "o"), "--no-mlflow"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0, err  # one line, as every CLI's input check (tests/unit/test_cli_inputs.py)
+    assert "--checkpoint" in err and "nope" in err and "does not exist" in err
+    assert not (tmp_path / "o").exists()  # nothing created
