@@ -254,9 +254,5 @@ def caption_shards(root: str, cfg: CaptionConfig, shards: list[int] | None = Non
 
 def read_captions(root: str, hash_: str, shard: int) -> dict[str, str]:
     """{key: caption} of one captioned shard (what the training data loader joins onto HR/LR samples)."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    with fsspec.open(contract.caption_parquet(root, hash_, shard), "rb") as f:
-        table = pq.read_table(f, columns=["key", "caption"])
+    table = contract.read_parquet(contract.caption_parquet(root, hash_, shard), columns=["key", "caption"])
     return dict(zip(table["key"].to_pylist(), table["caption"].to_pylist(), strict=True))

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import time
 
-import fsspec
-import pyarrow.parquet as pq
-
 from dataset import contract
 from dataset.config import ShardConfig
 from dataset.shard import DUPLICATE, SUCCESS, read_parquet, shard_stats, write_parquet, write_tar
 
 
 def _hash_columns(root: str, shard: int) -> list[dict]:
-    with fsspec.open(contract.hr_parquet(root, shard), "rb") as f:
-        return pq.read_table(f, columns=["key", "status", "sha256"]).to_pylist()
+    return contract.read_parquet(contract.hr_parquet(root, shard), columns=["key", "status", "sha256"]).to_pylist()
 
 
 def find_cross_shard_duplicates(root: str) -> dict[int, dict[str, str]]:

@@ -25,9 +25,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from dataset import contract
@@ -51,8 +49,7 @@ def load_index(root: str, deg_hash: str | None = None, cap_hash: str | None = No
         raise FileNotFoundError(f"{root}: no done HR shards ({contract.join(root, 'hr')}/*_stats.json)")
     index = []
     for s in shards:
-        with fsspec.open(contract.hr_parquet(root, s), "rb") as f:
-            t = pq.read_table(f, columns=["key", "status"]).to_pydict()
+        t = contract.read_parquet(contract.hr_parquet(root, s), columns=["key", "status"]).to_pydict()
         keys = tuple(k for k, st in zip(t["key"], t["status"], strict=True) if st == "success")
         if deg_hash and not contract.exists(contract.lr_stats(root, deg_hash, s)):
             raise FileNotFoundError(f"{root}: LR shard {s:06d} of degradation {deg_hash} is not done "
@@ -243,8 +240,8 @@ class DatasetReader(torch.utils.data.IterableDataset):
                 return
 
     def _captions(self, shard: int) -> dict[str, str]:
-        with fsspec.open(contract.caption_parquet(self.root, self.cap_hash, shard), "rb") as f:
-            t = pq.read_table(f, columns=["key", "caption"]).to_pydict()
+        t = contract.read_parquet(contract.caption_parquet(self.root, self.cap_hash, shard),
+                                  columns=["key", "caption"]).to_pydict()
         return dict(zip(t["key"], t["caption"], strict=True))
 
     def _sample(self, shard: int, key: str, files: dict, lr_files: dict | None, captions: dict) -> dict:

@@ -121,8 +121,7 @@ def write_parquet(url: str, records: list[dict]) -> None:
 
 
 def read_parquet(url: str) -> list[dict]:
-    with fsspec.open(url, "rb") as f:
-        return pq.read_table(f).to_pylist()
+    return contract.read_parquet(url).to_pylist()
 
 
 def shard_stats(shard: int, records: list[dict], cfg: ShardConfig, tar_bytes: int, tar_sha: str, n: int,

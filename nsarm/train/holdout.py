@@ -43,11 +43,8 @@ def holdout_samples(root: str, n: int, deg_hash: str | None = None, cap_hash: st
     shard = load_index(root.rstrip("/"))[-1].shard
     captions = {}
     if versions.cap_hash:
-        import fsspec
-        import pyarrow.parquet as pq
-
-        with fsspec.open(contract.caption_parquet(root, versions.cap_hash, shard), "rb") as f:
-            t = pq.read_table(f, columns=["key", "caption"]).to_pydict()
+        t = contract.read_parquet(contract.caption_parquet(root, versions.cap_hash, shard),
+                                  columns=["key", "caption"]).to_pydict()
         captions = dict(zip(t["key"], t["caption"], strict=True))
     lrs = {k: files["png"] for k, files, err in contract.iter_tar_samples(contract.lr_tar(root, versions.deg_hash,
                                                                                           shard)) if not err}

@@ -231,13 +231,19 @@ def test_port_taken_is_a_clear_error(tmp_path):
     assert all(stack.read_pid(cfg, n) is None for n in ("prefect", "mlflow", "ray", "deployments"))
 
 
-def test_failed_later_service_stops_what_this_call_started(tmp_path):
-    """Prefect starts, then MLflow's port is found taken: `up` stops the Prefect it started and says so."""
+def test_failed_later_service_stops_what_this_call_started(tmp_path, monkeypatch):
+    """Prefect starts, then MLflow's port is found taken: `up` stops the Prefect it started and says so.
+    Every other port is a free one (Ray's defaults, 6379/8265/10001, may be held by other tests' clusters), and no
+    external service is configured."""
+    for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        cfg = stack.StackConfig.from_env(state_dir=tmp_path, prefect_port=free_port(), mlflow_port=port)
+        cfg = stack.StackConfig.from_env(state_dir=tmp_path, prefect_port=free_port(), mlflow_port=port,
+                                         ray_port=free_port(), ray_dashboard_port=free_port(),
+                                         ray_client_port=free_port())
         with pytest.raises(stack.StackError) as err:
             stack.up(cfg, echo=lambda *_: None)
     msg = str(err.value)
