@@ -101,7 +101,8 @@ def test_build_ray_work_is_named_after_stage_version_and_shard(embedded_stack, b
     tasks = set(_state_names(embedded_stack, "tasks"))
     assert {f"degrade lr/{deg_hash} shard 000000", f"degrade lr/{deg_hash} shard 000001"} <= tasks
     assert {f"caption captions/{cap_hash} shard 000000", f"caption captions/{cap_hash} shard 000001"} <= tasks
-    assert sum(n.startswith("shard hr@") and n.endswith(" shard 000001") for n in tasks) == 1
+    hr_hash = manifest["hr"]["config_hash"]  # other builds on this session's cluster may share it: a subset check
+    assert {f"shard hr@{hr_hash} shard 000000", f"shard hr@{hr_hash} shard 000001"} <= tasks, sorted(tasks)
     actors = _state_names(embedded_stack, "actors")
     assert any(n.startswith(f"caption captions/{cap_hash} actor ") for n in actors), actors
     jobs = _ray_get(embedded_stack, "/api/jobs/")
