@@ -101,9 +101,10 @@ def test_build_dataset_tasks_run_on_both_nodes(built, multinode_stack):
     assert manifest["num_samples"] == 12 and manifest["hr"]["shards"] == [0, 1, 2]
     both = {built["nodes"]["head"], built["nodes"][multinode_stack.node]}
     tasks = [t for t in ray_state(multinode_stack.cfg, "tasks", state="FINISHED")]
-    shard_nodes = {t["node_id"] for t in tasks if t["name"].startswith("shard-")}
-    degrade_nodes = {t["node_id"] for t in tasks if t["name"].endswith("_degrade_shard_task")}
-    assert len([t for t in tasks if t["name"].startswith("shard-")]) == 3
+    # task names: `shard hr@<config hash> shard 000042`, `degrade lr/<deg hash> shard 000042` (flows/progress, #21.3)
+    shard_nodes = {t["node_id"] for t in tasks if t["name"].startswith("shard hr@")}
+    degrade_nodes = {t["node_id"] for t in tasks if t["name"].startswith("degrade lr/")}
+    assert len([t for t in tasks if t["name"].startswith("shard hr@")]) == 3
     assert shard_nodes == both, f"shard tasks ran on {shard_nodes}, the nodes are {both}"
     assert degrade_nodes <= both and shard_nodes | degrade_nodes == both
 
