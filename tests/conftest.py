@@ -84,6 +84,27 @@ def ray_local():
     ray.shutdown()
 
 
+SERVICE_ENV = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "RAY_ADDRESS")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_service_env():
+    """Each test leaves the service variables as it found them. `mlflow.set_tracking_uri` (nsarm.tracking, some
+    tests) also writes MLFLOW_TRACKING_URI into the environment; left behind, a later test's "local" stack took
+    MLflow for external and a later training run called a server that had already stopped."""
+    saved = {k: os.environ.get(k) for k in SERVICE_ENV}
+    yield
+    if "mlflow" in sys.modules and os.environ.get("MLFLOW_TRACKING_URI") != saved["MLFLOW_TRACKING_URI"]:
+        import mlflow
+
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: MLflow's default again
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory):
     """A real moto S3 server on 127.0.0.1; yields its endpoint URL and sets the AWS_* variables for s3fs/boto3."""

@@ -11,9 +11,22 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_train_flow_registers_champion(embedded_stack, train_root, tmp_path, monkeypatch):
-    for k, v in embedded_stack.client_env().items():
+@pytest.fixture
+def stack_client(embedded_stack, monkeypatch):
+    """This process as a client of the stack. Besides the environment, Prefect's settings are set in a settings
+    context: Prefect freezes its settings when it is first imported, which in a full test run happens in an
+    earlier test, before these variables exist (the client then looks for an ephemeral server)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    env = embedded_stack.client_env()
+    for k, v in env.items():
         monkeypatch.setenv(k, v)
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"],
+                                     PREFECT_API_AUTH_STRING: env.get("PREFECT_API_AUTH_STRING")}):
+        yield env
+
+
+def test_train_flow_registers_champion(embedded_stack, stack_client, train_root, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
