@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import captioning  # noqa: E402,F401  (torchvision shim first)
+from nsarm.compat import ensure_torchvision_importable  # noqa: E402
+
+ensure_torchvision_importable()  # an entry point: the shim before anything imports torchvision
 
 
 def main() -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-import nsarm  # noqa: F401  (torchvision shim before basicsr)
+from nsarm.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # an entry point: the shim before anything imports torchvision
 
 
 def write_random_weights(weights_dir: Path) -> None:

@@ -17,11 +17,13 @@ import time
 
 import torch
 
-import nsarm  # noqa: F401
+from nsarm.compat import ensure_torchvision_importable
 from nsarm.inference import SamplingConfig, UpscaleOptions, sample_latent, upscale_images
 from nsarm.model import MODEL_PRESETS, build_model
 from nsarm.scales import get_schedule
 from nsarm.transformer import TRANSFORMER_PRESETS, InfinityTransformer, PackedText
+
+ensure_torchvision_importable()  # an entry point: the shim before anything imports torchvision
 
 
 def shape(name: str):

@@ -14,7 +14,9 @@ import argparse
 import csv
 from pathlib import Path
 
-import nsarm  # noqa: F401  (torchvision shim before basicsr)
+from nsarm.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # an entry point: the shim before anything imports torchvision
 
 
 def read_row(path: Path, method: str) -> dict[str, float]:

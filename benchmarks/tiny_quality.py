@@ -114,7 +114,9 @@ def override_tiny(spec: dict) -> None:
 
 
 def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
-    import nsarm  # noqa: F401
+    from nsarm.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # a subprocess entry point
     override_tiny(spec)
     from nsarm.checkpoints import load_checkpoint
     from nsarm.text import build_tiny_text_encoder

@@ -24,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import nsarm  # noqa: E402,F401  (torchvision shim before the reference imports torchvision)
+from nsarm.compat import ensure_torchvision_importable  # noqa: E402
 from nsarm.config import TOKENIZER_PRESETS  # noqa: E402
 from nsarm.scales import schedule_for  # noqa: E402
 from nsarm.tokenizer import build_tokenizer  # noqa: E402
+
+ensure_torchvision_importable()  # an entry point: the shim before anything imports torchvision
 
 
 def _time(fn, n: int) -> float:

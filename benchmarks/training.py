@@ -30,13 +30,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import nsarm  # noqa: F401  (torchvision shim)
 from nsarm.attention import set_backend
+from nsarm.compat import ensure_torchvision_importable
 from nsarm.model import build_model
 from nsarm.scales import get_schedule
 from nsarm.text import build_tiny_text_encoder
 from nsarm.train.steps import Stage2Options, stage1_loss, stage2_loss
 from nsarm.transformer import InfinityTransformer, PackedText, TransformerConfig
+
+ensure_torchvision_importable()  # an entry point: the shim before anything imports torchvision
 
 
 def timed(step, repeats: int) -> float:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning.config import DEFAULT_MODEL_ID, CaptionConfig
+from nsarm.compat import ensure_torchvision_importable
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class LlavaCaptioner(Captioner):
     name = "llava"
 
     def __init__(self, cfg: CaptionConfig):
+        ensure_torchvision_importable()
         import torch
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 

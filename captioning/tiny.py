@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import captioning  # noqa: F401  (torchvision shim before transformers' image processors import torchvision)
+from nsarm.compat import ensure_torchvision_importable
 
 # Text the BPE tokenizer is trained on: the paper's question, the prompt template words and some caption
 # vocabulary, so prompts tokenize into a handful of word-piece tokens and decoded captions read as words.
@@ -69,6 +69,7 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0, hidden: int = 64, layer
     Returns:
         The directory as a Path.
     """
+    ensure_torchvision_importable()  # transformers' image processors import torchvision
     import torch
     from transformers import (
         CLIPImageProcessor,

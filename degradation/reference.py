@@ -13,14 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import nsarm  # noqa: F401  (torchvision shim before basicsr imports torchvision)
 from degradation.kernels import kernel_from_params
+from nsarm.compat import ensure_torchvision_importable
 
 
 class BasicSRChain:
     """Holds BasicSR's stateful modules (DiffJPEG tables, USM kernel) once; call per image."""
 
     def __init__(self, usm_radius: int = 50):
+        ensure_torchvision_importable()
         from basicsr.utils import DiffJPEG
         from basicsr.utils.img_process_util import USMSharp
 
@@ -32,6 +33,7 @@ class BasicSRChain:
         return self
 
     def _noise(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        ensure_torchvision_importable()
         from basicsr.data.degradations import add_gaussian_noise_pt, add_poisson_noise_pt
 
         torch.manual_seed(p["seed"])
@@ -49,6 +51,7 @@ class BasicSRChain:
     @torch.no_grad()
     def __call__(self, hr_13HW: torch.Tensor, params: dict) -> torch.Tensor:
         """One float [0, 1] HR image (1, 3, H, W) → uint8 LR (1, 3, H/scale, W/scale)."""
+        ensure_torchvision_importable()
         from basicsr.utils.img_process_util import filter2D
 
         def k(p):

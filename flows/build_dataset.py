@@ -16,16 +16,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.params import BUNDLED_SOURCE, Captioner, DegradationPreset, ShardPreset, default_root, resolve_source
 from flows.progress import forward_library_logs, name_ray_job
-from flows.stages import stage
 
 
 @task(retries=1, retry_delay_seconds=5)  # safe: a rerun skips done shards and redoes partial ones
 def shard(source: str, root: str, preset: str, overrides: dict, limit: int | None) -> dict:
     from dataclasses import replace
 
+    from dataset.build import build_shards
     from dataset.config import PRESETS
 
-    build_shards = stage("shard", "dataset.build", "build_shards")
     cfg = replace(PRESETS[preset], **overrides)
     return build_shards(source, root, cfg, limit=limit)
 
@@ -33,21 +32,23 @@ def shard(source: str, root: str, preset: str, overrides: dict, limit: int | Non
 @task(retries=1, retry_delay_seconds=5)
 def degrade(root: str, preset: str, seed: int) -> dict:
     from degradation.config import PRESETS
+    from degradation.distributed import run_degradation
 
-    run_degradation = stage("degrade", "degradation.distributed", "run_degradation")
     return run_degradation(root, PRESETS[preset], seed)
 
 
 @task(retries=1, retry_delay_seconds=5)
 def caption(root: str, captioner: str, model_path: str | None) -> dict:
-    run_captioning = stage("caption", "captioning.distributed", "run_captioning")
+    from captioning.distributed import run_captioning
+
     overrides = {"model_path": model_path} if model_path else {}
     return run_captioning(root, backend=captioner, **overrides)
 
 
 @task
 def manifest(root: str, name: str, summary: dict) -> dict:
-    write_manifest = stage("manifest", "dataset.manifest", "write_manifest")
+    from dataset.manifest import write_manifest
+
     return write_manifest(root, name=name, extra={"build": summary})
 
 

@@ -12,8 +12,7 @@
 5. upscales one photo with the registered model;
 6. screenshots of the Prefect, MLflow and Ray UIs (headless Chromium) into .nsarm/demo/screenshots/; prints where
    everything is.
-A stage that is not built yet fails its flow run with "not implemented yet: <stage>"; the demo then stops there
-and says so (exit 1).
+A flow run that does not complete stops the demo there, which says so (exit 1).
 """
 
 from __future__ import annotations

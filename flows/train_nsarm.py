@@ -22,12 +22,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.params import TrainPreset, default_root
 from flows.progress import forward_library_logs, name_ray_job
-from flows.stages import stage
 
 
 @task
 def warm_tokenizer(root: str, storage: str, steps: int, holdout: int) -> str:
-    warm_up_tokenizer = stage("tokenizer warm-up", "nsarm.train.holdout", "warm_up_tokenizer")
+    from nsarm.train.holdout import warm_up_tokenizer
+
     # bounded: the demo must not spend more than a few minutes here on a loaded 2-core machine
     return warm_up_tokenizer(root, f"{storage}/tokenizer/tiny.safetensors", steps=steps, holdout=holdout,
                              max_seconds=240)
@@ -36,22 +36,25 @@ def warm_tokenizer(root: str, storage: str, steps: int, holdout: int) -> str:
 @task
 def train_stage(root: str, preset: str, stage_no: int, num_workers: int, use_gpu: bool, overrides: dict,
                 storage: str, run_name: str | None, init_from: str | None = None) -> dict:
-    run_stage = stage(f"train stage {stage_no}", "nsarm.train.ray_trainer", "run_stage")
+    from nsarm.train.ray_trainer import run_stage
+
     return run_stage(root, preset=preset, stage=stage_no, num_workers=num_workers, use_gpu=use_gpu,
                      storage_path=storage, run_name=run_name, overrides=overrides, init_from=init_from)
 
 
 @task
 def evaluate(root: str, trained: dict, holdout: int) -> dict:
-    evaluate_export = stage("evaluate", "nsarm.train.holdout", "evaluate_export")
+    from nsarm.train.holdout import evaluate_export
+
     return evaluate_export(trained["export"]["uri"], root, holdout, f"{trained['run_dir']}/eval",
                            mlflow_run_id=trained["mlflow_run_id"], tracking_uri=trained["tracking_uri"])
 
 
 @task
 def register(trained: dict, scores: dict) -> dict:
-    promote = stage("register", "nsarm.train.registry", "promote_champion")
-    return promote(trained, scores)
+    from nsarm.train.registry import promote_champion
+
+    return promote_champion(trained, scores)
 
 
 @flow(name="train-nsarm", log_prints=True)
@@ -74,9 +77,10 @@ def train_nsarm(root: str = default_root(), preset: TrainPreset = "tiny", num_wo
         holdout: samples kept out of training and used by the evaluate step (0 = skip evaluation).
         tokenizer_steps: tiny preset only: warm-up steps of the tiny tokenizer on the dataset (0 = random).
     """
+    from nsarm.train.ray_trainer import default_storage
+
     forward_library_logs()
     name_ray_job(f"train-nsarm {preset} <- {root}")
-    default_storage = stage("storage", "nsarm.train.ray_trainer", "default_storage")
     storage = (storage_path or default_storage(root)).rstrip("/")
     suffix = "" if resume else time.strftime("-%Y%m%d-%H%M%S", time.gmtime())
     names = {n: (f"{preset}-stage{n}{suffix}" if suffix else None) for n in (1, 2)}

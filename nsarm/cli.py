@@ -6,37 +6,29 @@
     nsarm shard|degrade|caption ...     single-process runs of a data stage (dataset/, degradation/, captioning/)
     nsarm upscale|eval ...              inference and evaluation (nsarm/)
 
-Each module in `_COMMAND_MODULES` exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`;
-heavy imports happen inside the command functions, so `nsarm --help` stays fast.
+Each module in `COMMAND_MODULES` exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
+They are plain imports, so a module that fails to import stops the program with its own error instead of losing a
+subcommand; heavy imports (torch, Ray, MLflow) happen inside the command functions, so `nsarm --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-_COMMAND_MODULES = (
-    "nsarm.stack",
-    "nsarm.screenshots",
-    "dataset.cli",
-    "degradation.cli",
-    "captioning.cli",
-    "nsarm.inference_cli",
-    "nsarm.eval.cli",
-)
+from captioning import cli as caption_cli
+from dataset import cli as dataset_cli
+from degradation import cli as degradation_cli
+from nsarm import inference_cli, screenshots, stack
+from nsarm.eval import cli as eval_cli
+
+COMMAND_MODULES = (stack, screenshots, dataset_cli, degradation_cli, caption_cli, inference_cli, eval_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsarm", description="NSARM data, training and inference workflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if not (e.name and name.startswith(e.name)):  # the module exists but one of ITS imports is missing
-                raise
-            continue  # a stage not built yet
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from nsarm.compat import ensure_torchvision_importable
 from nsarm.transformer import PackedText
 
 MAX_LENGTH = 512
@@ -97,6 +98,7 @@ def load_text_encoder(
         directory: folder with config.json, weights and tokenizer files. Nothing is downloaded.
         dtype: weight dtype; default fp16 on CUDA (as the release), fp32 on CPU.
     """
+    ensure_torchvision_importable()
     from transformers import AutoTokenizer, T5EncoderModel
 
     directory = Path(directory)
@@ -125,6 +127,7 @@ def build_tiny_tokenizer(vocab_size: int = 512):
 
 def build_tiny_text_encoder(d_model: int = 64, seed: int = 0, max_length: int = MAX_LENGTH) -> TextEncoder:
     """A 2-layer T5 encoder with random (seeded, reproducible) weights and a locally built tokenizer."""
+    ensure_torchvision_importable()
     from transformers import T5Config, T5EncoderModel
 
     tokenizer = build_tiny_tokenizer()

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import nsarm  # noqa: F401  (torchvision shim before anything imports torchvision)
+from nsarm.compat import ensure_torchvision_importable
+
+# pytest is an entry point: tests import torchvision, BasicSR, pyiqa and lpips themselves (nsarm/compat.py)
+ensure_torchvision_importable()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nsarm.compat import ensure_torchvision_importable
+
 _HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
 
 
@@ -151,6 +153,7 @@ Scorer = Callable[[np.ndarray, "np.ndarray | None"], float]
 
 
 def _psnr_scorer(crop_border: int) -> Scorer:
+    ensure_torchvision_importable()
     from basicsr.metrics.psnr_ssim import calculate_psnr
 
     # BasicSR expects BGR [0, 255]; [..., ::-1] hands it the channel order its Y formula assumes.
@@ -158,6 +161,7 @@ def _psnr_scorer(crop_border: int) -> Scorer:
 
 
 def _basicsr_ssim_scorer(crop_border: int) -> Scorer:
+    ensure_torchvision_importable()
     from basicsr.metrics.psnr_ssim import calculate_ssim
 
     return lambda sr, hr: float(calculate_ssim(sr[..., ::-1], hr[..., ::-1], crop_border, test_y_channel=True))
@@ -166,6 +170,7 @@ def _basicsr_ssim_scorer(crop_border: int) -> Scorer:
 def _pyiqa_ssim_scorer(crop_border: int, device: str) -> Scorer:
     import torch
 
+    ensure_torchvision_importable()
     _ensure_pkg_resources()
     import pyiqa
 
@@ -189,6 +194,7 @@ def _check_niqe_size(sr: np.ndarray, crop_border: int) -> None:
 
 
 def _basicsr_niqe_scorer(crop_border: int) -> Scorer:
+    ensure_torchvision_importable()
     from basicsr.metrics.niqe import calculate_niqe
 
     def score(sr, hr):
@@ -210,6 +216,7 @@ def niqe_params_mat() -> io.BytesIO:
     `basicsr/metrics/niqe_pris_params.npz` (mu 1x36, cov 36x36). Re-packed under pyiqa's key names they
     reproduce MATLAB's published NIQE to 1e-5 (benchmarks/RESULTS.md, "NIQE parameters"), so nothing is fetched.
     """
+    ensure_torchvision_importable()
     import basicsr
     import scipy.io
 
@@ -223,6 +230,7 @@ def niqe_params_mat() -> io.BytesIO:
 def _pyiqa_niqe_scorer(crop_border: int, device: str) -> Scorer:
     import torch
 
+    ensure_torchvision_importable()
     _ensure_pkg_resources()
     import pyiqa
 
@@ -242,6 +250,7 @@ def _pyiqa_niqe_scorer(crop_border: int, device: str) -> Scorer:
 
 
 def _lpips_scorer(weights_dir: Path, device: str) -> Scorer:
+    ensure_torchvision_importable()
     import lpips
     import torch
 
@@ -296,6 +305,7 @@ def offline_pyiqa(weights_dir: Path):
     Forcing timm's `pretrained=False` is safe for MANIQA/TOPIQ: their pyiqa checkpoints hold the whole network
     (loaded with strict=True), so the ImageNet backbone download would only be overwritten.
     """
+    ensure_torchvision_importable()
     _ensure_pkg_resources()
     import pyiqa.utils.download_util as du
     import timm
@@ -317,6 +327,7 @@ def offline_pyiqa(weights_dir: Path):
 def _pyiqa_scorer(metric: str, weights_dir: Path, device: str) -> Scorer:
     import torch
 
+    ensure_torchvision_importable()
     _ensure_pkg_resources()
     import pyiqa
 

@@ -79,8 +79,10 @@ class RayContext:
 
 def _worker(config: dict) -> None:
     """Runs in every Ray Train worker process."""
-    import nsarm  # noqa: F401  (torchvision shim before anything imports it)
+    from nsarm.compat import ensure_torchvision_importable
     from nsarm.train.loop import LoopOptions, Tracker, train_stage
+
+    ensure_torchvision_importable()  # the worker process's entry point: before anything imports torchvision
 
     ctx = RayContext()
     cfg = TrainConfig.from_dict(config["train"])

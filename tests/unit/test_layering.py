@@ -1,6 +1,7 @@
 """docs/DESIGN.md §2 layering, checked on the source: libraries never import Prefect or the flows; Ray only in a
 `distributed.py` adapter (or nsarm/train/ray_trainer.py, nsarm/ray_loopback.py); MLflow only in nsarm/tracking.py and
-nsarm/pyfunc.py (the pyfunc flavor must subclass mlflow.pyfunc.PythonModel)."""
+nsarm/pyfunc.py (the pyfunc flavor must subclass mlflow.pyfunc.PythonModel); flows/ reaches the libraries through plain
+import statements (no `importlib`, no `__import__`), so readers, IDEs and ruff see every dependency."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def imported_tops(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             tops.add(node.module.split(".")[0])
     return tops
+
+
+def dynamic_imports(path: Path) -> list[str]:
+    """`importlib` imports and `__import__(...)` calls in the file, as `line N: what`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "importlib" for a in node.names) or (
+                isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "importlib"):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__import__":
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
 
 
 def library_files() -> dict[str, set[str]]:
@@ -54,7 +67,7 @@ def test_libraries_follow_the_layering():
     ("def f():\n    import prefect\n", "nsarm/model.py", "imports prefect"),
     ("from ray import train\n", "dataset/shard.py", "imports ray"),
     ("import mlflow.tracking\n", "nsarm/train/loop.py", "imports mlflow"),
-    ("from flows.stages import StageNotBuilt\n", "captioning/worker.py", "imports flows"),
+    ("from flows.params import TrainPreset\n", "captioning/worker.py", "imports flows"),
 ])
 def test_the_check_catches_each_kind_of_violation(tmp_path, source, rel, expected):
     f = tmp_path / "m.py"
@@ -62,3 +75,22 @@ def test_the_check_catches_each_kind_of_violation(tmp_path, source, rel, expecte
     found = violations({rel: imported_tops(f)})
     assert len(found) == 1 and expected in found[0]
     assert violations({"dataset/distributed.py": imported_tops(f)} if "ray" in source else {}) == []
+
+
+def test_flows_import_the_libraries_plainly():
+    flows = sorted((REPO / "flows").rglob("*.py"))
+    assert {"build_dataset.py", "train_nsarm.py"} <= {p.name for p in flows}
+    assert not (REPO / "flows" / "stages.py").exists()
+    assert {p.relative_to(REPO).as_posix(): d for p in flows if (d := dynamic_imports(p))} == {}
+
+
+@pytest.mark.parametrize("source, found", [
+    ("import importlib\nmod = importlib.import_module('dataset.build')\n", 1),
+    ("def f():\n    from importlib import import_module\n    return import_module('x')\n", 1),
+    ("build = __import__('dataset.build')\n", 1),
+    ("from dataset.build import build_shards\nimport importlib_metadata\n", 0),
+])
+def test_the_dynamic_import_check_catches_each_form(tmp_path, source, found):
+    f = tmp_path / "m.py"
+    f.write_text(source)
+    assert len(dynamic_imports(f)) == found

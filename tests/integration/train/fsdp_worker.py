@@ -17,7 +17,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-import nsarm  # noqa: F401  (torchvision shim)
+from nsarm.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # a torchrun entry point
 
 
 def _sharded(bf16: bool, seed: int):

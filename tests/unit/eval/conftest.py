@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import nsarm  # noqa: F401  (torchvision shim before basicsr)
-
 
 @pytest.fixture(scope="session")
 def photo_pairs(sample_photos):

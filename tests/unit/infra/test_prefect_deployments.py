@@ -28,11 +28,11 @@ def _deployments(prefect_cfg) -> dict[str, dict]:
     return out
 
 
-def _flow_def(func: str) -> ast.FunctionDef | None:
-    """The top-level `def func` in flows/func.py, or None when the file is not written yet."""
-    path = REPO / "flows" / f"{func}.py"
-    if not path.exists():
-        return None
+def _flow_def(func: str, flows_dir=REPO / "flows") -> ast.FunctionDef:
+    """The top-level `def func` in flows/func.py; a missing file fails (a deployment would point at nothing)."""
+    path = flows_dir / f"{func}.py"
+    if not path.is_file():
+        raise AssertionError(f"{path} is missing: prefect.yaml's entrypoint flows/{func}.py:{func} would not load")
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.FunctionDef) and node.name == func:
             return node
@@ -77,17 +77,20 @@ def test_two_default_deployments_with_entrypoints_named_after_the_flows(prefect_
 @pytest.mark.parametrize("flow_name, func", FLOWS.items())
 def test_entrypoint_functions_are_flows_with_the_documented_names(flow_name, func):
     fn = _flow_def(func)
-    if fn is None:
-        pytest.skip(f"flows/{func}.py not written yet")
     assert _flow_name(fn) == flow_name, f"`prefect deployment run {flow_name}/default` would not find it"
+
+
+def test_a_missing_flow_file_fails_instead_of_skipping(tmp_path):
+    (tmp_path / "train_nsarm.py").write_text("from prefect import flow\n\n\n@flow\ndef train_nsarm():\n    pass\n")
+    assert _flow_def("train_nsarm", tmp_path).name == "train_nsarm"
+    with pytest.raises(AssertionError, match="build_dataset.py is missing"):
+        _flow_def("build_dataset", tmp_path)
 
 
 @pytest.mark.parametrize("func", FLOWS.values())
 def test_parameters_are_arguments_of_the_flow(prefect_cfg, func):
     params = _deployments(prefect_cfg)[func].get("parameters") or {}
     fn = _flow_def(func)
-    if fn is None:
-        pytest.skip(f"flows/{func}.py not written yet")
     defaults = _defaults(fn)
     unknown = set(params) - set(defaults)
     assert not unknown, f"prefect.yaml passes {unknown} but flows/{func}.py:{func} takes {sorted(defaults)}"
