@@ -21,3 +21,29 @@ def test_progress_line_reads_like_the_readme():
                          detail="shard 000002 ok, 6 images")
     assert line == "degrade: 3/8 shards (38%) | shard 000002 ok, 6 images | 4.20 images/s | elapsed 12s | ETA 20s"
     assert progress_line("train stage 1", 60, 60, "steps", 90.0).endswith("| elapsed 1m30s | done")
+
+
+def test_progress_lines_have_one_formatter():
+    """Every stage's line comes from progress_line (the shard, degrade, caption, train and tokenizer stages and the
+    flows' log forwarding): no other module spells the `| elapsed … | ETA …` parts itself."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    own = {"dataset/progress.py"}
+    spelled = {}
+    for top in ("nsarm", "dataset", "degradation", "captioning", "flows"):
+        for path in sorted((repo / top).rglob("*.py")):
+            rel = path.relative_to(repo).as_posix()
+            tree = ast.parse(path.read_text())
+            docs = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
+                n, ast.Module | ast.FunctionDef | ast.ClassDef) and n.body and isinstance(n.body[0], ast.Expr)}
+            texts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docs
+                     and isinstance(n.value, str) and ("ETA " in n.value or "elapsed " in n.value)]
+            if texts and rel not in own:
+                spelled[rel] = texts
+    assert spelled == {}
+    uses = {p.relative_to(repo).as_posix() for top in ("nsarm", "dataset", "degradation", "captioning")
+            for p in (repo / top).rglob("*.py") if "progress_line(" in p.read_text()} - own
+    assert {"dataset/build.py", "degradation/distributed.py", "captioning/distributed.py",
+            "nsarm/train/progress.py", "nsarm/tokenizer_train.py"} <= uses
