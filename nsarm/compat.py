@@ -8,6 +8,10 @@ first import lets its pure-Python parts (transforms, functional, models) import;
 and nothing in this project calls them. Where torchvision's own ops load (CUDA torch + CUDA torchvision on a GPU
 machine) they are loaded here and nothing is declared: declaring them first would make torchvision's own
 registration abort the process (found on an H100 with torch 2.11 + torchvision 0.26).
+
+Importing this module is cheap (torch loads at the first call). Who calls it: every function that imports
+torchvision, BasicSR, pyiqa, lpips, timm or a transformers model, right before that import (tests/unit/test_compat.py
+scans the source for it), and the entry points of scripts and worker processes.
 """
 
 from __future__ import annotations
