@@ -43,10 +43,11 @@ def override(cfg: C, **changes: Any) -> C:
     """A copy of the frozen dataclass `cfg` with `changes` applied; `None` means "not given" and is skipped.
 
     Values are read as `from_dict` reads them (JSON lists become tuples, dicts become nested configs), and the
-    config's own `__post_init__` checks the result. An unknown field raises, naming it and the valid ones.
+    config's own `__post_init__` checks the result. An unknown field raises, naming it and the valid ones (even with
+    a `None` value: a misspelt flag is never silently dropped).
     """
-    given = {k: v for k, v in changes.items() if v is not None}
-    return dataclasses.replace(cfg, **_typed(type(cfg), given))
+    typed = _typed(type(cfg), changes)
+    return dataclasses.replace(cfg, **{k: v for k, v in typed.items() if v is not None})
 
 
 def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:

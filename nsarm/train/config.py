@@ -143,16 +143,18 @@ class TrainPreset:
             raise ValueError(f"TrainPreset: stage1/stage2 configs say stage {self.stage1.stage}/{self.stage2.stage}")
 
     def config(self, stage: int) -> TrainConfig:
-        return self._pick(stage, self.stage1, self.stage2)
+        """The TrainConfig of `stage` (1 or 2)."""
+        return (self.stage1, self.stage2)[_stage_index(stage)]
 
     def scaling(self, stage: int) -> ScalingSpec:
-        return self._pick(stage, self.scaling1, self.scaling2)
+        """The Ray Train workers and per-worker resources of `stage` (1 or 2)."""
+        return (self.scaling1, self.scaling2)[_stage_index(stage)]
 
-    @staticmethod
-    def _pick(stage: int, first, second):
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {stage}")
-        return first if stage == 1 else second
+
+def _stage_index(stage: int) -> int:
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    return stage - 1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
