@@ -55,15 +55,15 @@ def _check_inputs(root: str, cfg, shards: list[int] | None) -> None:
 def _run(args) -> int:
     import logging
 
-    from captioning.config import preset
+    from captioning.config import caption_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from dataset.inputs import InputError
 
     try:
-        cfg = preset(args.preset, backend=args.backend, model_path=args.model_path, question=args.question,
-                     greedy=args.greedy, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                     dtype=args.dtype, image=args.image, deg_hash=args.deg_hash)
+        cfg = caption_config(args.preset, backend=args.backend, model_path=args.model_path, question=args.question,
+                             greedy=args.greedy, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                             dtype=args.dtype, image=args.image, deg_hash=args.deg_hash)
     except ValueError as e:  # e.g. --image lr without --deg-hash
         raise InputError(str(e)) from None
     shards = [int(s) for s in args.shards.split(",")] if args.shards else None

@@ -8,12 +8,10 @@ style in a very detailed manner.", temperature 0.2, top-p 0.7, at most 512 new t
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from nsarm.config import frozen_from_dict
+from dataset import configs
 
 BACKENDS = ("llava", "metadata", "fixed")
 IMAGE_SOURCES = ("hr", "lr")
@@ -71,6 +69,11 @@ class CaptionConfig:
             raise ValueError(f"CaptionConfig: sampling needs temperature > 0 and 0 < top_p <= 1, got "
                              f"{self.temperature}, {self.top_p} (or set greedy=True)")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptionConfig:
+        """Rebuild a config saved with `asdict` (config.json beside the captions); unknown keys are an error."""
+        return configs.from_dict(cls, d)
+
     def prompt(self) -> str:
         """The text prompt given to LLaVA for every image (template with the question filled in)."""
         return self.prompt_template.replace("{question}", self.question)
@@ -98,17 +101,8 @@ def cap_hash(cfg: CaptionConfig) -> str:
     under `fixed`) are included anyway: a hash that changes too often costs a recompute, one that changes too
     rarely silently mixes captions.
     """
-    d = asdict(cfg)
-    for name in _NOT_HASHED:
-        d.pop(name)
-    d["model_path"] = PurePosixPath(cfg.model_path.rstrip("/")).name if cfg.model_path else ""
-    blob = json.dumps(d, sort_keys=True, default=list).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def config_from_dict(d: dict) -> CaptionConfig:
-    """Rebuild a config saved with `asdict` (config.json beside the captions); unknown keys are an error."""
-    return frozen_from_dict(CaptionConfig, d)
+    model = PurePosixPath(cfg.model_path.rstrip("/")).name if cfg.model_path else ""
+    return configs.config_hash(cfg, exclude=_NOT_HASHED, extra={"model_path": model})
 
 
 PRESETS: dict[str, CaptionConfig] = {
@@ -119,8 +113,7 @@ PRESETS: dict[str, CaptionConfig] = {
 }
 
 
-def preset(name: str, **overrides) -> CaptionConfig:
-    """A named preset with field overrides (None values are ignored, so CLI defaults can be passed through)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown caption preset {name!r}: expected one of {sorted(PRESETS)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+def caption_config(preset: str, **overrides) -> CaptionConfig:
+    """The named preset with field overrides (`None` = not given, so CLI defaults can be passed through); an
+    unknown name raises naming the choices."""
+    return configs.override(configs.resolve(PRESETS, preset, "caption"), **overrides)

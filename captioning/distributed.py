@@ -24,7 +24,7 @@ from dataclasses import replace
 import ray
 from ray.exceptions import RayActorError
 
-from captioning.config import CaptionConfig, cap_hash, preset
+from captioning.config import CaptionConfig, cap_hash, caption_config
 from captioning.worker import CaptionWorker, ShardResult, input_shards, summarize, write_config
 from dataset.distributed import connect, object_store_env, task_name
 from dataset.progress import progress_line
@@ -193,7 +193,7 @@ def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_addres
         cap_hash, actors, actor_failures.
     """
     if not isinstance(cfg, CaptionConfig):
-        cfg = preset(cfg or "paper", **overrides)
+        cfg = caption_config(cfg or "paper", **overrides)
     elif overrides:
         cfg = replace(cfg, **overrides)
     connect(ray_address)

@@ -65,16 +65,14 @@ def _check_source(source: str) -> None:
 
 def _shard(args) -> int:
     from dataset.build import build_shards
-    from dataset.config import PRESETS
+    from dataset.config import shard_config
 
     _check_source(args.source)
 
-    cfg = PRESETS[args.preset].override(shard_size=args.shard_size, image_size=args.image_size,
-                                        min_side=args.min_side, upscale_small=args.upscale_small,
-                                        unsplash_format=args.unsplash_format,
-                                        unsplash_quality=args.unsplash_quality,
-                                        threads=args.threads, total_timeout=args.timeout, retries=args.retries,
-                                        respect_robots=args.respect_robots)
+    cfg = shard_config(args.preset, shard_size=args.shard_size, image_size=args.image_size, min_side=args.min_side,
+                       upscale_small=args.upscale_small, unsplash_format=args.unsplash_format,
+                       unsplash_quality=args.unsplash_quality, threads=args.threads, total_timeout=args.timeout,
+                       retries=args.retries, respect_robots=args.respect_robots)
     shards = [int(x) for x in args.shards.split(",")] if args.shards else None
     summary = build_shards(args.source, args.root, cfg, limit=args.limit, ray_address=args.ray_address,
                            use_ray=bool(args.ray or args.ray_address), retry_failed=args.retry_failed,

@@ -7,9 +7,9 @@ is the CPU demo/test setting (256²). The config is saved as `{root}/hr/config.j
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
+
+from dataset import configs
 
 UNSPLASH_FORMATS = ("png", "jpg", "pjpg", "webp")  # imgix `fm` values whose output Pillow decodes
 
@@ -68,15 +68,11 @@ class ShardConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ShardConfig:
         """Load a saved config; unknown keys (from a newer version) are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ShardConfig: unknown keys {unknown}")
-        return cls(**d)
+        return configs.from_dict(cls, d)
 
     def override(self, **kw) -> ShardConfig:
         """A copy with the given fields changed; `None` values are ignored (CLI flags that were not given)."""
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+        return configs.override(self, **kw)
 
 
 # Fields that do not change the bytes of the output (speed and politeness knobs) are left out of the hash, so a
@@ -89,8 +85,7 @@ _NON_CONTENT_FIELDS = frozenset({
 
 def config_hash(cfg: ShardConfig) -> str:
     """12 hex digits identifying the content-relevant settings of `cfg`."""
-    d = {k: v for k, v in asdict(cfg).items() if k not in _NON_CONTENT_FIELDS}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    return configs.config_hash(cfg, exclude=_NON_CONTENT_FIELDS)
 
 
 PRESETS: dict[str, ShardConfig] = {
@@ -99,3 +94,8 @@ PRESETS: dict[str, ShardConfig] = {
     "tiny": ShardConfig(image_size=256, min_side=256, shard_size=8, threads=4, connect_timeout=2.0,
                         read_timeout=2.0, total_timeout=5.0, retries=1, backoff=0.1),
 }
+
+
+def shard_config(preset: str, **overrides) -> ShardConfig:
+    """The named preset with field overrides (`None` = not given); an unknown name raises naming the choices."""
+    return configs.resolve(PRESETS, preset, "shard").override(**overrides)

@@ -20,11 +20,11 @@ def _shards(text: str) -> list[int]:
 def _run(args: argparse.Namespace) -> int:
     from dataset import contract
     from dataset.inputs import check_dataset_root
-    from degradation.config import PRESETS
+    from degradation.config import degradation_config
     from degradation.worker import DegradeShard
 
     done = check_dataset_root(args.root, args.shards)  # before anything is written under a mistyped root
-    cfg = PRESETS[args.preset]
+    cfg = degradation_config(args.preset)
     shards = args.shards if args.shards is not None else done
     worker = DegradeShard(args.root, cfg, args.seed, batch_size=args.batch_size, device=args.device)
     failed, n_ok, n_bad = 0, 0, 0

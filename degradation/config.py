@@ -9,10 +9,10 @@ The output folder of a run is named by `deg_hash(cfg, seed)`: a change of any fi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
+
+from dataset import configs
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -90,12 +90,7 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DegradationConfig:
         """Inverse of `to_dict` (lists from JSON become tuples); unknown keys are an error naming them."""
-        d = _upgrade_config(dict(d))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"DegradationConfig: unknown fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return configs.from_dict(cls, _upgrade_config(dict(d)))
 
     def hash(self) -> str:
         """12 hex digits of sha256 over the canonical JSON of every field (stable across processes/machines).
@@ -103,9 +98,8 @@ class DegradationConfig:
         Fields added after CONFIG_VERSION 1 (`_ADDED_FIELDS`) enter only when not at their default, so the folders
         of configs written before they existed keep their names.
         """
-        d = {k: v for k, v in self.to_dict().items() if not (k in _ADDED_FIELDS and v == _ADDED_FIELDS[k])}
-        blob = json.dumps({"version": CONFIG_VERSION, **d}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        at_default = {k for k, default in _ADDED_FIELDS.items() if getattr(self, k) == default}
+        return configs.config_hash(self, exclude=at_default, extra={"version": CONFIG_VERSION}, compact=True)
 
 
 _ADDED_FIELDS = {"first_jpeg": True, "second_order": True}  # name -> default
@@ -162,3 +156,8 @@ PRESETS: dict[str, DegradationConfig] = {
     # csslc/PiSA-SR src/datasets/params.yml (used by src/datasets/realesrgan.py).
     "pisasr": DegradationConfig(**_PEERS_LIGHT),
 }
+
+
+def degradation_config(preset: str, **overrides) -> DegradationConfig:
+    """The named preset with field overrides (`None` = not given); an unknown name raises naming the choices."""
+    return configs.override(configs.resolve(PRESETS, preset, "degradation"), **overrides)

@@ -14,27 +14,24 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from dataset.config import shard_config
+from degradation.config import degradation_config
 from flows.params import BUNDLED_SOURCE, Captioner, DegradationPreset, ShardPreset, default_root, resolve_source
 from flows.progress import forward_library_logs, name_ray_job
 
 
 @task(retries=1, retry_delay_seconds=5)  # safe: a rerun skips done shards and redoes partial ones
 def shard(source: str, root: str, preset: str, overrides: dict, limit: int | None) -> dict:
-    from dataclasses import replace
-
     from dataset.build import build_shards
-    from dataset.config import PRESETS
 
-    cfg = replace(PRESETS[preset], **overrides)
-    return build_shards(source, root, cfg, limit=limit)
+    return build_shards(source, root, shard_config(preset, **overrides), limit=limit)
 
 
 @task(retries=1, retry_delay_seconds=5)
 def degrade(root: str, preset: str, seed: int) -> dict:
-    from degradation.config import PRESETS
     from degradation.distributed import run_degradation
 
-    return run_degradation(root, PRESETS[preset], seed)
+    return run_degradation(root, degradation_config(preset), seed)
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -109,12 +106,13 @@ def build_dataset(source: str = BUNDLED_SOURCE, root: str = default_root(), pres
         name: dataset name in manifest.json and MLflow.
         experiment: MLflow experiment of the dataset-build run.
     """
+    overrides = {"shard_size": shard_size, "image_size": image_size, "min_side": image_size}
+    # An unknown preset (a run that bypassed the parameter schema) fails here, before Ray or any stage starts.
+    shard_config(preset, **overrides)
+    degradation_config(degradation)
     forward_library_logs()
     name_ray_job(f"build-dataset {preset} -> {root}")
     source = resolve_source(source)
-    overrides = {k: v for k, v in {"shard_size": shard_size, "image_size": image_size}.items() if v is not None}
-    if image_size is not None:
-        overrides["min_side"] = image_size
     summary = {"shard": shard(source, root, preset, overrides, limit)}
     summary["degrade"] = degrade(root, degradation, seed)
     summary["caption"] = caption(root, captioner, caption_model_path)

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.params import TrainPreset, default_root
 from flows.progress import forward_library_logs, name_ray_job
+from nsarm.train.config import train_preset
 
 
 @task
@@ -75,10 +76,12 @@ def train_nsarm(root: str = default_root(), preset: TrainPreset = "tiny", num_wo
         storage_path: Ray Train storage for checkpoints and exports (local or s3://); default `runs/` beside a
             local root.
         holdout: samples kept out of training and used by the evaluate step (0 = skip evaluation).
-        tokenizer_steps: tiny preset only: warm-up steps of the tiny tokenizer on the dataset (0 = random).
+        tokenizer_steps: presets with a tokenizer warm-up (tiny) only: warm-up steps of the tiny tokenizer on the
+            dataset (0 = random).
     """
     from nsarm.train.ray_trainer import default_storage
 
+    recipe = train_preset(preset)  # an unknown preset fails here, before Ray or any stage starts
     forward_library_logs()
     name_ray_job(f"train-nsarm {preset} <- {root}")
     storage = (storage_path or default_storage(root)).rstrip("/")
@@ -86,7 +89,7 @@ def train_nsarm(root: str = default_root(), preset: TrainPreset = "tiny", num_wo
     names = {n: (f"{preset}-stage{n}{suffix}" if suffix else None) for n in (1, 2)}
     s1 = dict(stage1 or {}, holdout=holdout)
     s2 = dict(stage2 or {}, holdout=holdout)
-    if preset == "tiny" and tokenizer_steps > 0 and "tokenizer_path" not in s1:
+    if recipe.tokenizer_warm_up and tokenizer_steps > 0 and "tokenizer_path" not in s1:
         s1["tokenizer_path"] = warm_tokenizer(root, storage, tokenizer_steps, holdout)
     first = train_stage(root, preset, 1, num_workers, use_gpu, s1, storage, names[1])
     second = train_stage(root, preset, 2, num_workers, use_gpu, s2, storage, names[2],

@@ -14,19 +14,9 @@ Presets:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-
-def frozen_from_dict(cls, d: dict):
-    """Rebuild a frozen config dataclass from its JSON form (`asdict` + json): unknown keys are an error naming
-    them, missing keys take the defaults, and lists become tuples again for tuple-typed fields (JSON has no tuple)."""
-    by_name = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(d) - set(by_name))
-    if unknown:
-        raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}")
-    values = {k: tuple(v) if isinstance(v, list) and str(by_name[k].type).startswith("tuple") else v
-              for k, v in d.items()}
-    return cls(**values)
+from dataset import configs
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Tokenizer (BSQ-VAE)
@@ -111,7 +101,7 @@ class TokenizerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
         """Build from a dict written by `to_dict` (unknown keys are an error, missing keys take defaults)."""
-        return frozen_from_dict(cls, d)
+        return configs.from_dict(cls, d)
 
 
 # The `tiny` preset is a contract other modules rely on (transformer tests, the demo); keep it exactly so.
@@ -138,7 +128,4 @@ def tokenizer_config(preset: str | TokenizerConfig) -> TokenizerConfig:
     """Resolve a preset name (or pass a config through). Unknown names raise with the list of choices."""
     if isinstance(preset, TokenizerConfig):
         return preset
-    try:
-        return TOKENIZER_PRESETS[preset]
-    except KeyError:
-        raise ValueError(f"unknown tokenizer preset {preset!r}; choose from {sorted(TOKENIZER_PRESETS)}") from None
+    return configs.resolve(TOKENIZER_PRESETS, preset, "tokenizer")

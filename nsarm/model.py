@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from dataset import configs
 from nsarm.config import TOKENIZER_PRESETS, TokenizerConfig
 from nsarm.transform_net import TRANSFORM_NET_PRESETS, TransformNet, TransformNetConfig
 from nsarm.transformer import TRANSFORMER_PRESETS, InfinityTransformer, TransformerConfig
@@ -64,23 +65,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of `to_dict` (JSON lists back to tuples). Unknown keys are an error (no silent drift)."""
-        d = dict(d)
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown keys {unknown}")
-        if isinstance(d.get("tokenizer"), dict):
-            d["tokenizer"] = TokenizerConfig.from_dict(d["tokenizer"])
-        if isinstance(d.get("transformer"), dict):
-            d["transformer"] = TransformerConfig(**d["transformer"])
-        tn = d.get("transform_net")
-        if isinstance(tn, dict):
-            tn = dict(tn)
-            tn["extractor_widths"] = tuple(tn.get("extractor_widths", (64, 128)))
-            if "stages" in tn:
-                tn["stages"] = tuple(tuple(s) for s in tn["stages"])
-            d["transform_net"] = TransformNetConfig(**tn)
-        return cls(**d)
+        """Inverse of `to_dict`: JSON lists back to tuples, the three part configs rebuilt from their dicts.
+        Unknown keys are an error (no silent drift)."""
+        return configs.from_dict(cls, d)
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
@@ -111,9 +98,7 @@ def model_config(preset: str | ModelConfig) -> ModelConfig:
     """Resolve a preset name (or pass a config through); unknown names raise with the list of choices."""
     if isinstance(preset, ModelConfig):
         return preset.validate()
-    if preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(MODEL_PRESETS)}")
-    return MODEL_PRESETS[preset].validate()
+    return configs.resolve(MODEL_PRESETS, preset, "model").validate()
 
 
 class NSARMModel(nn.Module):

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from nsarm.bits import bits_to_codes, bsc_flip_prob, bsq_quantize, flip_bits
-from nsarm.config import SCHEDULE_PNS, TOKENIZER_PRESETS
+from nsarm.config import SCHEDULE_PNS, TOKENIZER_PRESETS, tokenizer_config
 
 Grid = tuple[int, int]
 
@@ -154,9 +154,7 @@ def schedule_for(preset_or_pn: str, h_div_w: float = 1.0) -> ScaleSchedule:
 
 def k_t_for(preset: str) -> int:
     """K_t of a tokenizer preset: how many leading scales the transformation network supplies (tiny 4, else 7)."""
-    if preset not in TOKENIZER_PRESETS:
-        raise ValueError(f"unknown tokenizer preset {preset!r}; choose from {sorted(TOKENIZER_PRESETS)}")
-    return TOKENIZER_PRESETS[preset].k_t
+    return tokenizer_config(preset).k_t
 
 
 def rope_grid(h_div_w: float = 1.0) -> Grid:

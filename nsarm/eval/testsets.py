@@ -184,13 +184,11 @@ Degrader = Callable[[np.ndarray, str, int], np.ndarray]
 def default_degrader(preset: str = "realesrgan") -> Degrader:
     """The project's Real-ESRGAN pipeline (`degradation.pipeline.degrade`, paper default preset), imported lazily."""
     try:
-        from degradation.config import PRESETS
+        from degradation.config import degradation_config
         from degradation.pipeline import degrade
     except ImportError as e:
         raise ImportError(f"the degradation library is not importable ({e}); pass degrade_fn explicitly") from None
-    if preset not in PRESETS:
-        raise ValueError(f"unknown degradation preset {preset!r}; known: {sorted(PRESETS)}")
-    cfg = PRESETS[preset]
+    cfg = degradation_config(preset)
 
     def run(hr: np.ndarray, key: str, seed: int) -> np.ndarray:
         import torch

@@ -1,7 +1,11 @@
-"""Training configuration: one frozen `TrainConfig` per stage, and named presets (tiny, 2B-shaped, NSARM-8B 16 GPU).
+"""Training configuration: one frozen `TrainConfig` per stage, and named presets (tiny, NSARM-8B 16 GPU).
 
     cfg = train_config("tiny", stage=1, steps=40)          # preset + overrides
     scaling = scaling_for("nsarm-8b-16gpu", stage=2)        # how many Ray Train workers, GPUs, CPUs
+    train_preset("tiny").tokenizer_warm_up                 # True: the flow trains the tiny tokenizer first
+
+A preset (`TrainPreset`) is one record: both stages' configs, their Ray Train scaling, and whether the train-nsarm
+flow warms up a tokenizer on the dataset before stage 1.
 
 Paper defaults (docs/DESIGN.md §5, NSARM Sec. 4): stage 1 trains the transformation network alone (MSE, lr 2e-5, 100K
 iterations, batch 196); stage 2 fine-tunes transformer + transformation network end to end (bitwise CE, lr 4e-5,
@@ -15,9 +19,9 @@ per-worker micro batch is derived at run time (`micro_batch`) and must divide ev
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
-from nsarm.config import frozen_from_dict
+from dataset import configs
 
 STRATEGIES = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "constant", "linear")
@@ -101,7 +105,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return frozen_from_dict(cls, d)
+        """Load a saved config (checkpoint meta, export); missing keys take defaults, unknown ones raise."""
+        return configs.from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -120,18 +125,53 @@ class ScalingSpec:
         return res
 
 
+@dataclass(frozen=True)
+class TrainPreset:
+    """Everything a training preset fixes, in one record: per stage its config and its Ray Train scaling."""
+
+    stage1: TrainConfig  # transformation net alone
+    stage2: TrainConfig  # end to end, starting from the stage-1 export
+    scaling1: ScalingSpec
+    scaling2: ScalingSpec
+    # The train-nsarm flow trains the preset's tokenizer on the dataset's HR images before stage 1 (when no
+    # tokenizer_path is given): for a fresh tiny model, whose random tokenizer would bound the quality far below
+    # what the data allows (benchmarks/RESULTS.md "Tokenizer"). Presets that load released weights never do.
+    tokenizer_warm_up: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.stage1.stage, self.stage2.stage) != (1, 2):
+            raise ValueError(f"TrainPreset: stage1/stage2 configs say stage {self.stage1.stage}/{self.stage2.stage}")
+
+    def config(self, stage: int) -> TrainConfig:
+        """The TrainConfig of `stage` (1 or 2)."""
+        return (self.stage1, self.stage2)[_stage_index(stage)]
+
+    def scaling(self, stage: int) -> ScalingSpec:
+        """The Ray Train workers and per-worker resources of `stage` (1 or 2)."""
+        return (self.scaling1, self.scaling2)[_stage_index(stage)]
+
+
+def _stage_index(stage: int) -> int:
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    return stage - 1
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Presets: (stage 1 config, stage 2 config, scaling per stage)
+# Presets
 # ---------------------------------------------------------------------------------------------------------------------
 
 _TINY = dict(model="tiny", strategy="ddp", bf16=False, warmup_steps=5, checkpoint_every=10, keep_checkpoints=2,
              log_every=1, image_every=20, data_block_size=64)
 
-TRAIN_PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
+TRAIN_PRESETS: dict[str, TrainPreset] = {
     # CPU tests and the demo: 2 gloo workers × 2 samples; lr far above the paper's because the model is fresh.
-    "tiny": (
-        TrainConfig(stage=1, steps=60, batch_size=4, lr=2e-3, **_TINY),
-        TrainConfig(stage=2, steps=60, batch_size=4, lr=1e-3, **_TINY),
+    "tiny": TrainPreset(
+        stage1=TrainConfig(stage=1, steps=60, batch_size=4, lr=2e-3, **_TINY),
+        stage2=TrainConfig(stage=2, steps=60, batch_size=4, lr=1e-3, **_TINY),
+        scaling1=ScalingSpec(2, False, 1.0),
+        scaling2=ScalingSpec(2, False, 1.0),
+        tokenizer_warm_up=True,
     ),
     # Benchmarks: Infinity-2B shapes (d32 tokenizer, no map net) are not trainable here; see benchmarks/training.py.
     # The paper's run: NSARM-8B on 2 nodes × 8 GPUs (documented, not runnable on CPU).
@@ -141,38 +181,29 @@ TRAIN_PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
     #   Stage 2: all 16 GPUs, micro batch 1, grad_accum 2 → 32; FSDP with one unit per block, bf16 params/compute,
     #            fp32 reduce, activation checkpointing per block (8.76B params: ~17.5 GB bf16 + AdamW fp32 state
     #            ≈ 105 GB total, sharded /16 ≈ 6.6 GB per GPU plus activations of 10521 tokens per sample).
-    "nsarm-8b-16gpu": (
-        TrainConfig(stage=1, model="nsarm-8b", steps=100_000, batch_size=196, grad_accum=1, lr=2e-5, strategy="ddp",
-                    warmup_steps=1000, checkpoint_every=2000, log_every=10, image_every=2000),
-        TrainConfig(stage=2, model="nsarm-8b", steps=40_000, batch_size=32, grad_accum=2, lr=4e-5, strategy="fsdp",
-                    activation_checkpointing=True, warmup_steps=500, checkpoint_every=1000, log_every=10,
-                    image_every=1000),
+    "nsarm-8b-16gpu": TrainPreset(
+        stage1=TrainConfig(stage=1, model="nsarm-8b", steps=100_000, batch_size=196, grad_accum=1, lr=2e-5,
+                           strategy="ddp", warmup_steps=1000, checkpoint_every=2000, log_every=10, image_every=2000),
+        stage2=TrainConfig(stage=2, model="nsarm-8b", steps=40_000, batch_size=32, grad_accum=2, lr=4e-5,
+                           strategy="fsdp", activation_checkpointing=True, warmup_steps=500, checkpoint_every=1000,
+                           log_every=10, image_every=1000),
+        scaling1=ScalingSpec(14, True, 8.0, 1.0),
+        scaling2=ScalingSpec(16, True, 8.0, 1.0),
     ),
 }
 
-SCALING_PRESETS: dict[str, tuple[ScalingSpec, ScalingSpec]] = {
-    "tiny": (ScalingSpec(2, False, 1.0), ScalingSpec(2, False, 1.0)),
-    "nsarm-8b-16gpu": (ScalingSpec(14, True, 8.0, 1.0), ScalingSpec(16, True, 8.0, 1.0)),
-}
+
+def train_preset(name: str) -> TrainPreset:
+    """The named training preset; an unknown name raises naming the choices (the flow calls this first)."""
+    return configs.resolve(TRAIN_PRESETS, name, "training")
 
 
 def train_config(preset: str, stage: int, **overrides) -> TrainConfig:
-    """The preset's config of `stage` with field overrides (unknown fields raise, naming the valid ones)."""
-    if preset not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {preset!r}; choose from {sorted(TRAIN_PRESETS)}")
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
-    base = TRAIN_PRESETS[preset][stage - 1]
-    valid = {f.name for f in fields(TrainConfig)}
-    bad = sorted(set(overrides) - valid)
-    if bad:
-        raise ValueError(f"unknown TrainConfig field(s) {bad}; valid: {sorted(valid)}")
-    if "betas" in overrides:
-        overrides["betas"] = tuple(overrides["betas"])
-    return replace(base, **overrides)
+    """The preset's config of `stage` with field overrides (`None` = not given; unknown fields raise, naming the
+    valid ones)."""
+    return configs.override(train_preset(preset).config(stage), **overrides)
 
 
 def scaling_for(preset: str, stage: int) -> ScalingSpec:
-    if preset not in SCALING_PRESETS:
-        raise ValueError(f"unknown training preset {preset!r}; choose from {sorted(SCALING_PRESETS)}")
-    return SCALING_PRESETS[preset][stage - 1]
+    """Ray Train workers and per-worker resources of the preset's `stage`."""
+    return train_preset(preset).scaling(stage)

@@ -80,13 +80,11 @@ def build_photo_dataset(photos: Sequence[str | Path], root: str, *, hr_size: int
     if not photos:
         raise ValueError("build_photo_dataset: no photos given")
     if degradation is not None:
-        from degradation.config import PRESETS
+        from degradation.config import degradation_config
 
-        if degradation not in PRESETS:
-            raise ValueError(f"build_photo_dataset: unknown degradation {degradation!r}; choose from {sorted(PRESETS)}")
-        if PRESETS[degradation].scale != scale:
-            raise ValueError(f"build_photo_dataset: degradation {degradation!r} is ×{PRESETS[degradation].scale}, "
-                             f"scale is {scale}")
+        deg_scale = degradation_config(degradation).scale  # an unknown name raises here, naming the choices
+        if deg_scale != scale:
+            raise ValueError(f"build_photo_dataset: degradation {degradation!r} is ×{deg_scale}, scale is {scale}")
     rng = np.random.default_rng(seed)
     root = root.rstrip("/")
     keys = []
@@ -127,10 +125,10 @@ def build_photo_dataset(photos: Sequence[str | Path], root: str, *, hr_size: int
 
 def _real_degradation(root: str, preset: str, deg_seed: int, hr_size: int, num_shards: int) -> str:
     """Run the degradation stage's own shard worker over the HR shards; returns its deg_hash."""
-    from degradation.config import PRESETS
+    from degradation.config import degradation_config
     from degradation.worker import DegradeShard
 
-    worker = DegradeShard(root, PRESETS[preset], deg_seed, hr_size=hr_size, device="cpu")
+    worker = DegradeShard(root, degradation_config(preset), deg_seed, hr_size=hr_size, device="cpu")
     for shard in range(num_shards):
         res = worker(shard)
         if not res.ok or res.n_bad:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import fsspec
 
+from dataset import configs
 from nsarm.train.config import ScalingSpec, TrainConfig, scaling_for, train_config
 
 EXPERIMENT = "nsarm-train"
@@ -239,8 +240,7 @@ def register_export(export: dict, run_id: str, stage: int, tracking_uri: str | N
 def export_name(cfg: TrainConfig) -> str:
     """The export directory of a finished run with `cfg`: `step{steps:06d}-{config hash}`; a run continued with more
     steps or other settings exports to a new path, the same settings find their (write-once) export again."""
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"step{cfg.steps:06d}-{digest}"
+    return f"step{cfg.steps:06d}-{configs.config_hash(cfg, digits=8)}"
 
 
 def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int | None = None,

@@ -40,6 +40,7 @@ def test_train_flow_registers_champion(embedded_stack, stack_client, train_root,
               "storage_path": str(tmp_path / "runs")}
     run = run_deployment("train-nsarm/default", parameters=params, timeout=1800, poll_interval=5)
     assert run.state.is_completed(), run.state.message
+    assert (tmp_path / "runs" / "tokenizer" / "tiny.safetensors").is_file()  # the tiny preset's tokenizer_warm_up
 
     uri = embedded_stack.mlflow_url
     champ = tracking.get_model_version("nsarm", alias="champion", tracking_uri=uri)

@@ -6,7 +6,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from captioning.config import PRESETS, CaptionConfig, cap_hash, config_from_dict, preset
+from captioning.config import PRESETS, CaptionConfig, cap_hash, caption_config
 
 
 def test_defaults_are_the_papers():
@@ -50,10 +50,10 @@ def test_config_round_trips_through_its_json_form_and_presets():
     cfg = replace(PRESETS["greedy"], metadata_fields=("ai_description",), batch_size=3)
     import json
 
-    assert config_from_dict(json.loads(json.dumps(asdict(cfg)))) == cfg
-    with pytest.raises(ValueError, match="unknown keys"):
-        config_from_dict({"backend": "fixed", "colour": 1})
-    assert preset("fixed", batch_size=None).backend == "fixed"
-    assert preset("paper", model_path="/m").model_path == "/m"
+    assert CaptionConfig.from_dict(json.loads(json.dumps(asdict(cfg)))) == cfg
+    with pytest.raises(ValueError, match=r"unknown CaptionConfig field\(s\) \['colour'\]"):
+        CaptionConfig.from_dict({"backend": "fixed", "colour": 1})
+    assert caption_config("fixed", batch_size=None).backend == "fixed"
+    assert caption_config("paper", model_path="/m").model_path == "/m"
     with pytest.raises(ValueError, match="unknown caption preset 'nope'"):
-        preset("nope")
+        caption_config("nope")

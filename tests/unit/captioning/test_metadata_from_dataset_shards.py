@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from captioning.captioner import MetadataCaptioner
-from captioning.config import preset
+from captioning.config import caption_config
 from dataset.config import PRESETS
 from dataset.contract import hr_tar, iter_tar_samples
 from dataset.shard import ShardBuilder
@@ -22,7 +22,7 @@ def test_metadata_captions_come_from_real_shard_json(sample_photos, tmp_path):
                           origin="file"))
     spec, = plan_shards(rows, 10)
     assert ShardBuilder(PRESETS["tiny"], root)(spec).ok
-    cap = MetadataCaptioner(preset("metadata"))
+    cap = MetadataCaptioner(caption_config("metadata"))
     metas = {key: json.loads(files["json"]) for key, files, _ in iter_tar_samples(hr_tar(root, 0))}
     got = {key: cap.one(m) for key, m in metas.items()}
     assert got[sample_photos[0].photo_id].text == f"desc of {sample_photos[0].photo_id}"

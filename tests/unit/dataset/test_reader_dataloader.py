@@ -15,7 +15,7 @@ from dataset.reader import DatasetReader, collate_samples, complete_versions
 def real_root(tmp_path_factory, sample_photos):
     """6 photos at 256² (the tiny preset; Real-ESRGAN needs >= 148 px) in 2 HR shards, degraded for real in
     process (LR 64²) and captioned from metadata."""
-    from captioning.config import preset
+    from captioning.config import caption_config
     from captioning.worker import caption_shards
     from dataset.build import build_shards
     from dataset.config import PRESETS as PRESETS_HR
@@ -28,7 +28,7 @@ def real_root(tmp_path_factory, sample_photos):
     assert build_shards(str(sample_photos[0].path.parent), root, cfg, limit=6, use_ray=False)["successes"] == 6
     worker = DegradeShard(root, PRESETS["realesrgan"], seed=0, batch_size=4, device="cpu")
     assert all(worker(s).ok for s in contract.list_shards(root))
-    assert not caption_shards(root, preset("metadata"))["failed"]
+    assert not caption_shards(root, caption_config("metadata"))["failed"]
     write_manifest(root, name="reader-test")
     return root
 

@@ -106,6 +106,6 @@ def test_config_hash_presets_and_roundtrip():
     assert (a.noise_range, a.resize_range, a.final_sinc_prob) == ((1.0, 30.0), (0.15, 1.5), 0.8)
     with pytest.raises(ValueError, match="unknown kernel types"):
         DegradationConfig(kernel_list=("iso", "box"), kernel_prob=(0.5, 0.5))
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match=r"unknown DegradationConfig field\(s\) \['noise_rang'\]"):
         DegradationConfig.from_dict({"noise_rang": [1, 2]})
     assert 140 < min_hr_side(a) <= 256  # the 256² tiny preset is valid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from nsarm.model import build_model
 from nsarm.scales import decompose, get_schedule, scale_loss_weights
 from nsarm.text import build_tiny_text_encoder
-from nsarm.train.config import TrainConfig, scaling_for, train_config
+from nsarm.train.config import TRAIN_PRESETS, TrainConfig, scaling_for, train_config, train_preset
 from nsarm.train.loop import lr_lambda
 from nsarm.train.steps import (
     Stage2Options,
@@ -168,14 +169,31 @@ def test_config_presets_and_errors():
         s1.micro_batch(16)
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
         train_config("tiny", 1, stepz=3)
-    with pytest.raises(ValueError, match="unknown training preset"):
+    with pytest.raises(ValueError, match="unknown training preset 'huge'"):
         train_config("huge", 1)
+    with pytest.raises(ValueError, match="stage must be 1 or 2"):
+        train_config("tiny", 3)
     with pytest.raises(ValueError, match="TrainConfig.attention must be one of"):
         train_config("tiny", 2, attention="flash")
     cfg = train_config("tiny", 2, steps=7)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     older = {k: v for k, v in cfg.to_dict().items() if k not in ("attention", "compile")}  # saved before #19
     assert TrainConfig.from_dict(older) == cfg
+    assert train_config("tiny", 1, betas=[0.8, 0.9]).betas == (0.8, 0.9)  # JSON lists (flow parameters) → tuple
+    assert train_config("tiny", 1, tokenizer_path=None) == train_config("tiny", 1)  # None = not given, as elsewhere
+
+
+def test_a_training_preset_is_one_record():
+    """Both stages' configs, their scaling and the tokenizer warm-up live in one `TrainPreset` per name (issue
+    18.5), so a preset cannot have configs without scaling; the warm-up is a field, not a name check in the flow."""
+    for name, rec in TRAIN_PRESETS.items():
+        assert train_preset(name) is rec
+        assert [train_config(name, s) for s in (1, 2)] == [rec.stage1, rec.stage2]
+        assert [scaling_for(name, s) for s in (1, 2)] == [rec.scaling1, rec.scaling2]
+    assert train_preset("tiny").tokenizer_warm_up  # fresh tiny model: its random tokenizer caps the quality
+    assert not train_preset("nsarm-8b-16gpu").tokenizer_warm_up  # the released VAE is loaded
+    with pytest.raises(ValueError, match="stage1/stage2 configs say stage 2/2"):
+        dataclasses.replace(TRAIN_PRESETS["tiny"], stage1=train_config("tiny", 2))
 
 
 def test_batch_stream_holdout_and_position(train_root):
