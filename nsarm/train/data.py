@@ -173,3 +173,16 @@ class BatchStream:
             captions=[s.get("caption") or "" for s in samples],
             keys=[s["key"] for s in samples],
         )
+
+
+def hr_images(root: str, keys: frozenset[str] | None = None, exclude: frozenset[str] = frozenset(),
+              seed: int = 0) -> dict[str, torch.Tensor]:
+    """{key: (3, 256, 256) float in [-1, 1]} of the dataset's HR images, one epoch in `seed`'s order: `keys` only
+    (None = all), minus `exclude` (the tokenizer warm-up and its ceiling read the tiny model's HR size)."""
+    stream = BatchStream(root, pick_versions(root), 0, 1, 1, 256, 64, seed=seed, exclude=exclude)
+    out = {}
+    for _ in range(stream.num_samples - len(exclude)):  # one epoch
+        batch = next(stream)
+        if keys is None or batch.keys[0] in keys:
+            out[batch.keys[0]] = batch.hr_B3HW[0] * 2 - 1
+    return out
