@@ -1,6 +1,6 @@
 """The `nsarm` console entry point: one argparse program whose subcommands live beside the code they front.
 
-    nsarm stack up|down|status          embedded Prefect + MLflow + Ray (nsarm/stack.py)
+    nsarm stack up|down|status          embedded Prefect + MLflow + Ray (nsarm/stack_cli.py)
     nsarm screenshots --out DIR         headless-Chromium PNGs of the stack's three UIs (nsarm/screenshots.py)
     nsarm serve-photos DIR              serve the bundled photos + write an Unsplash-style photos.tsv
     nsarm shard|degrade|caption ...     single-process runs of a data stage (dataset/, degradation/, captioning/)
@@ -17,7 +17,7 @@ import importlib
 import sys
 
 _COMMAND_MODULES = (
-    "nsarm.stack",
+    "nsarm.stack_cli",
     "nsarm.screenshots",
     "dataset.cli",
     "degradation.cli",

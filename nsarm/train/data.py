@@ -14,6 +14,7 @@ micro batch of an epoch is dropped (every rank steps in lockstep under DDP), and
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import fsspec
@@ -186,3 +187,18 @@ def hr_images(root: str, keys: frozenset[str] | None = None, exclude: frozenset[
         if keys is None or batch.keys[0] in keys:
             out[batch.keys[0]] = batch.hr_B3HW[0] * 2 - 1
     return out
+
+
+def dataset_version(root: str) -> str:
+    """The manifest's content version, else a hash of the root URL (a dataset without manifest)."""
+    url = contract.manifest_path(root)
+    if contract.exists(url):
+        return str(contract.read_json(url).get("version"))
+    return hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:12]
+
+
+def dataset_label(root: str) -> str:
+    """`name@version (root)` of a dataset root, for the model version's page."""
+    url = contract.manifest_path(root)
+    manifest = contract.read_json(url) if contract.exists(url) else {}
+    return f"{manifest.get('name', 'dataset')}@{manifest.get('version', dataset_version(root))} ({root})"
