@@ -117,7 +117,7 @@ def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
     import nsarm  # noqa: F401
     override_tiny(spec)
     from nsarm.eval import holdout as held_out
-    from nsarm.inference_cli import make_upscale_fn
+    from nsarm.inference import make_upscale_fn
     from nsarm.train import holdout
     from nsarm.train.config import train_config
     from nsarm.train.loop import LocalContext, LoopOptions, train_stage

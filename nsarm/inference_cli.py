@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DEFAULT_CAPTION = "A high-quality image with harmonious colors and rich details."
 
 
 class UpscaleError(Exception):
@@ -75,6 +74,8 @@ def _open(path: Path):
 
 
 def _captions(args, images: list[Path]) -> list[str]:
+    from nsarm.inference import DEFAULT_CAPTION
+
     if args.caption is not None:
         return [args.caption] * len(images)
     if args.caption_file is None:
@@ -135,7 +136,7 @@ def _upscale(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from nsarm.inference import upscale_images
+    from nsarm.inference import to_uint8, upscale_images, upscale_options
 
     images = _inputs(args.input)
     captions = _captions(args, images)
@@ -173,67 +174,12 @@ def _upscale(args: argparse.Namespace) -> int:
     return 0
 
 
-def upscale_options(cfg, seed: int | None = 1, cfg_scale: float | None = None, tau: float | None = None,
-                    overlap: int | None = None, batch_size: int = 4, colour_fix: bool = True):
-    """`nsarm upscale`'s UpscaleOptions: sampling from the model config unless `cfg_scale` / `tau` are given."""
-    from nsarm.inference import SamplingConfig, UpscaleOptions
-
-    sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if cfg_scale is None else cfg_scale,
-                              tau=cfg.tau if tau is None else tau, top_p=cfg.top_p, next_mode=cfg.next_mode)
-    return UpscaleOptions(sampling=sampling, seed=seed, overlap=overlap, batch_size=batch_size, colour_fix=colour_fix)
-
-
-def to_uint8(sr_3HW):
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 numpy array, as `nsarm upscale` writes its PNGs."""
-    import torch
-
-    return (sr_3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def load_upscaler(checkpoint: str | Path, device: str | None = None, text_encoder: str | Path | None = None):
-    """(model, text encoder) of our-format checkpoint directory, loaded as `nsarm upscale --checkpoint` does."""
-    return _load(checkpoint, device, text_encoder=text_encoder)
-
-
-def upscale_arrays(model, encoder, lr_images, *, seed: int | None = 1, cfg_scale: float | None = None,
-                   tau: float | None = None, batch_size: int = 4, caption: str | None = None) -> list:
-    """uint8 (h, w, 3) arrays -> uint8 (4h, 4w, 3) arrays; same pixels as `nsarm upscale` with these settings."""
-    import torch
-
-    from nsarm.inference import upscale_images
-
-    options = upscale_options(model.cfg, seed, cfg_scale, tau, batch_size=batch_size)
-    with torch.no_grad():
-        srs = upscale_images(model, list(lr_images), encoder.encode([caption or DEFAULT_CAPTION] * len(lr_images)),
-                             options)
-    return [to_uint8(sr) for sr in srs]
-
-
 def build_upscale_fn(checkpoint: str | Path, device: str | None = None, seed: int = 0, caption: str = "",
                      tokenizer: str | Path | None = None, text_encoder: str | Path | None = None,
                      preset: str | None = None):
     """Load a checkpoint once (same rules and errors as `nsarm upscale`) and return its `upscale_fn` (below), the
-    callable `nsarm eval` scores."""
+    callable `nsarm eval` scores (nsarm.inference.make_upscale_fn)."""
+    from nsarm.inference import make_upscale_fn
+
     model, encoder = _load(checkpoint, device, preset, tokenizer, text_encoder)
     return make_upscale_fn(model, encoder, seed, caption)
-
-
-def make_upscale_fn(model, encoder, seed: int = 0, caption: str = ""):
-    """`upscale_fn(lr_images, captions=None) -> list of uint8 (4h, 4w, 3)` of a loaded model and text encoder: the
-    model's own sampling settings, tile seeds from `seed`.
-
-    Args:
-        lr_images (of the returned fn): uint8 RGB arrays (h, w, 3), any size (tiled).
-        captions: one per image (None or "" entries use `caption`).
-    """
-    import torch
-
-    from nsarm.inference import UpscaleOptions, upscale_images
-
-    def upscale_fn(lr_images, captions=None):
-        caps = [c if c else caption for c in (captions or [None] * len(lr_images))]
-        with torch.no_grad():
-            srs = upscale_images(model, list(lr_images), encoder.encode(caps), UpscaleOptions(seed=seed))
-        return [to_uint8(sr) for sr in srs]
-
-    return upscale_fn

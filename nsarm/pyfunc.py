@@ -71,7 +71,7 @@ def signature(cfg_scale: float, tau: float):
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    from nsarm.inference_cli import DEFAULT_CAPTION
+    from nsarm.inference import DEFAULT_CAPTION
 
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
@@ -90,22 +90,24 @@ def input_example(size: int = 16):
 
 
 class NSARMPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the referenced (or copied) export with `nsarm upscale`'s loader and upscales uint8 image batches."""
+    """Loads the referenced (or copied) export with `nsarm upscale`'s loader (nsarm/loading.py) and upscales uint8
+    image batches."""
 
     def load_context(self, context):
-        from nsarm.inference_cli import load_upscaler
+        from nsarm.loading import ARG_NAMES, load_for_upscaling
         from nsarm.train.export import fetch_export
 
         ref = json.loads(Path(context.artifacts[REFERENCE]).read_text())
         copied = context.artifacts.get(WEIGHTS_DIR)
         uri = copied or ref["uri"]
         local = fetch_export(uri, ref["files"], cache_dir())
-        self._model, self._encoder = load_upscaler(local, device=os.environ.get("NSARM_DEVICE"),
-                                                   text_encoder=os.environ.get("NSARM_TEXT_ENCODER"))
+        self._model, self._encoder = load_for_upscaling(
+            init_from=local, text_encoder_path=os.environ.get("NSARM_TEXT_ENCODER"),
+            device=os.environ.get("NSARM_DEVICE"), names={**ARG_NAMES, "text_encoder_path": "$NSARM_TEXT_ENCODER"})
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         # the np.ndarray hint: MLflow takes the schema from the logged signature, not from type hints
-        from nsarm.inference_cli import upscale_arrays
+        from nsarm.inference import upscale_arrays
 
         batch = np.asarray(next(iter(model_input.values())) if isinstance(model_input, dict) else model_input)
         if batch.ndim == 3:

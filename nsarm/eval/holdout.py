@@ -130,7 +130,7 @@ def evaluate_export(export_uri: str, root: str, holdout: int, out_dir: str, *, m
     from nsarm.eval.metrics import MetricConfig, MetricSuite
     from nsarm.eval.run import MlflowTarget, evaluate_upscaler
     from nsarm.eval.testsets import folder_testset, write_png
-    from nsarm.inference_cli import make_upscale_fn
+    from nsarm.inference import make_upscale_fn
 
     samples = holdout_samples(root, holdout)
     if not samples:

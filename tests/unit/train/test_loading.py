@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from nsarm import loading
 from nsarm.checkpoints import save_checkpoint
 from nsarm.eval.holdout import evaluate_export, load_export
-from nsarm.inference_cli import UpscaleError, load_upscaler
+from nsarm.inference import make_upscale_fn
+from nsarm.inference_cli import UpscaleError, build_upscale_fn
 from nsarm.model import MODEL_PRESETS, build_model, model_config
 from nsarm.text import build_tiny_text_encoder
 from nsarm.tokenizer import save_tokenizer
@@ -39,14 +41,20 @@ def tiny_export(tmp_path_factory):
     return d, model
 
 
-def test_training_upscale_and_evaluation_load_the_same_model(tiny_export):
+def test_training_upscale_and_evaluation_load_the_same_model(tiny_export, sample_photos):
     path, ref = tiny_export
     trained, t_enc = build_models(train_config("tiny", 2, init_from=str(path), image_every=0), torch.device("cpu"))
-    served, s_enc = load_upscaler(path, device="cpu")  # `nsarm upscale --checkpoint`, the MLflow model, `nsarm eval`
     evaluated, e_enc = load_export(str(path))  # the train-nsarm flow's evaluate step
-    for model in (trained, served, evaluated):
-        assert _same_weights(model, ref)
-    assert torch.equal(_features(t_enc), _features(s_enc)) and torch.equal(_features(s_enc), _features(e_enc))
+    assert _same_weights(trained, ref) and _same_weights(evaluated, ref)
+    assert torch.equal(_features(t_enc), _features(e_enc))
+    # `nsarm upscale --checkpoint` / `nsarm eval` (build_upscale_fn) hide their model: same weights, same pixels
+    from PIL import Image
+
+    lr = np.asarray(Image.open(sample_photos[0].path).convert("RGB").resize((64, 64), Image.BICUBIC))
+    served = build_upscale_fn(path, device="cpu", seed=2)([lr], ["a photo"])[0]
+    assert served.shape == (256, 256, 3)
+    for model, enc in ((trained, t_enc), (evaluated, e_enc)):
+        assert np.array_equal(make_upscale_fn(model.eval(), enc, seed=2)([lr], ["a photo"])[0], served)
 
 
 def test_official_weights_load_alike_for_training_and_inference(tmp_path):
@@ -92,4 +100,4 @@ def test_a_missing_text_encoder_is_an_error_not_a_random_stand_in(flan_export, t
         evaluate_export(str(flan_export), train_root["root"], 2, str(out))
     assert not out.exists()  # failed before writing the test set
     with pytest.raises(UpscaleError, match="needs --text-encoder"):
-        load_upscaler(flan_export, device="cpu")
+        build_upscale_fn(flan_export, device="cpu")
