@@ -31,6 +31,8 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
+from nsarm import tracking
+
 REFERENCE = "reference.json"
 CONFIG = "config.json"
 EXPORT_INFO = "export.json"
@@ -151,7 +153,7 @@ def log_export(export: dict, name: str, run_id: str, *, copy_weights: bool = Fal
                 signature=signature(cfg.cfg_scale, cfg.tau), input_example=input_example(),
                 pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                                   "safetensors", "fsspec", "s3fs", "numpy", "pillow"])
-            mlflow.MlflowClient().log_model_artifacts(model.model_id, str(tmp / "model"))
+            tracking.mlflow_client().log_model_artifacts(model.model_id, str(tmp / "model"))
     except BaseException:
         mlflow.finalize_logged_model(model.model_id, "FAILED")
         raise
@@ -171,14 +173,16 @@ def _copy_loadable(uri: str, files: dict[str, str], into: Path) -> Path:
     return into
 
 
-def checkpoint_dir(model_uri: str) -> Path:
+def checkpoint_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
     """The verified local checkpoint directory (our format) of an MLflow model URI (`models:/nsarm@champion`,
     `models:/nsarm/3`, `runs:/<run id>/nsarm-stage2`, `models:/<model id>`): downloads the model's small files
-    through the tracking server, then fetches and re-hashes the weights they reference."""
+    through the tracking server (`tracking_uri`, else $MLFLOW_TRACKING_URI), then fetches and re-hashes the weights
+    they reference."""
     from mlflow.artifacts import download_artifacts
 
     from nsarm.train.export import fetch_export
 
+    tracking.init_tracking(tracking_uri)
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # a few small files: no progress bars on stderr
     saved = {k: os.environ.get(k) for k in quiet}
     os.environ.update(quiet)

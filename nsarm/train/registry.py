@@ -177,5 +177,4 @@ def resolve_checkpoint(alias: str = CHAMPION, tracking_uri: str | None = None) -
     `nsarm@alias`: its weights are fetched if remote and re-hashed (ExportError naming a missing or changed file)."""
     from nsarm import pyfunc
 
-    tracking.init_tracking(tracking_uri)
-    return str(pyfunc.checkpoint_dir(f"models:/{REGISTERED_MODEL}@{alias}"))
+    return str(pyfunc.checkpoint_dir(f"models:/{REGISTERED_MODEL}@{alias}", tracking_uri))
