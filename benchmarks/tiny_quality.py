@@ -118,8 +118,8 @@ def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
 
     ensure_torchvision_importable()  # a subprocess entry point
     override_tiny(spec)
-    from nsarm.checkpoints import load_checkpoint
-    from nsarm.text import build_tiny_text_encoder
+    from nsarm.eval import holdout as held_out
+    from nsarm.inference import make_upscale_fn
     from nsarm.train import holdout
     from nsarm.train.config import train_config
     from nsarm.train.loop import LocalContext, LoopOptions, train_stage
@@ -129,7 +129,7 @@ def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
     tok_path = holdout.warm_up_tokenizer(root, str(out / "tok" / "tiny.safetensors"), steps=spec.get("tok_steps", 400),
                                          holdout=2)
     res: dict = {"spec": spec, "t_tokenizer": time.time() - t0}
-    c = holdout.tokenizer_ceiling(tok_path, root, 2, device=device, psnr=psnr_y)
+    c = held_out.tokenizer_ceiling(tok_path, root, 2, device=device, psnr=psnr_y)
     res["ceiling"] = {"held_out": c["held_out_mean"], "train": c["train_mean"], **c["held_out"], **c["train"]}
     common = {"batch_size": 4, "holdout": 2, "image_every": 0, "checkpoint_every": 10**6}
     steps, t1 = spec.get("stage_steps", 60), time.time()
@@ -137,13 +137,12 @@ def run_variant(spec: dict, root: str, out: Path, device: str) -> dict:
         train_stage(train_config("tiny", stage, steps=steps, **init, **common), root, LocalContext(out / f"s{stage}"),
                     options=LoopOptions(latent_cache=str(out / "lat"), export_dir=str(out / f"e{stage}"), device=device))
     res["t_stages"] = time.time() - t1
-    model = load_checkpoint(str(out / "e2")).to(device).eval()
-    enc = build_tiny_text_encoder(d_model=model.cfg.transformer.text_channels)
-    samples = holdout.holdout_samples(root, 2)
+    model, enc = held_out.load_export(str(out / "e2"), device=device)
+    samples = held_out.holdout_samples(root, 2)
     lrs = [s["lr"] for s in samples]
-    srs = holdout.upscale_arrays(model, enc, lrs, [s["caption"] for s in samples], seed=1)
+    srs = make_upscale_fn(model, enc, seed=1)(lrs, [s["caption"] for s in samples])
     res["model"] = {s["key"]: psnr_y(sr, s["hr"]) for s, sr in zip(samples, srs, strict=True)}
-    res["bicubic"] = {s["key"]: psnr_y(b, s["hr"]) for s, b in zip(samples, holdout.bicubic_arrays(lrs), strict=True)}
+    res["bicubic"] = {s["key"]: psnr_y(b, s["hr"]) for s, b in zip(samples, held_out.bicubic_arrays(lrs), strict=True)}
     return res
 
 

@@ -45,7 +45,7 @@ def train_stage(root: str, preset: str, stage_no: int, num_workers: int, use_gpu
 
 @task
 def evaluate(root: str, trained: dict, holdout: int) -> dict:
-    from nsarm.train.holdout import evaluate_export
+    from nsarm.eval.holdout import evaluate_export
 
     return evaluate_export(trained["export"]["uri"], root, holdout, f"{trained['run_dir']}/eval",
                            mlflow_run_id=trained["mlflow_run_id"], tracking_uri=trained["tracking_uri"])

@@ -1,6 +1,6 @@
 """The `nsarm` console entry point: one argparse program whose subcommands live beside the code they front.
 
-    nsarm stack up|down|status          embedded Prefect + MLflow + Ray (nsarm/stack.py)
+    nsarm stack up|down|status          embedded Prefect + MLflow + Ray (nsarm/stack_cli.py)
     nsarm screenshots --out DIR         headless-Chromium PNGs of the stack's three UIs (nsarm/screenshots.py)
     nsarm serve-photos DIR              serve the bundled photos + write an Unsplash-style photos.tsv
     nsarm shard|degrade|caption ...     single-process runs of a data stage (dataset/, degradation/, captioning/)
@@ -19,10 +19,10 @@ import sys
 from captioning import cli as caption_cli
 from dataset import cli as dataset_cli
 from degradation import cli as degradation_cli
-from nsarm import inference_cli, screenshots, stack
+from nsarm import inference_cli, screenshots, stack_cli
 from nsarm.eval import cli as eval_cli
 
-COMMAND_MODULES = (stack, screenshots, dataset_cli, degradation_cli, caption_cli, inference_cli, eval_cli)
+COMMAND_MODULES = (stack_cli, screenshots, dataset_cli, degradation_cli, caption_cli, inference_cli, eval_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -251,3 +251,48 @@ def upscale_images(model, images: Sequence, text: PackedText, options: UpscaleOp
     if options.colour_fix:
         results = [colour_fix(sr[None], bicubic_upscale(lr, tuple(sr.shape[-2:]))[None])[0] for sr, lr in zip(results, lrs, strict=True)]
     return results
+
+
+# ------------------------------------------------------------------------------------------------ uint8 arrays in and out
+# What `nsarm upscale`, `nsarm eval`, the MLflow model and the held-out evaluation call: PNG-ready uint8 arrays.
+DEFAULT_CAPTION = "A high-quality image with harmonious colors and rich details."  # the release's alternative prompt
+
+
+def upscale_options(cfg, seed: int | None = 1, cfg_scale: float | None = None, tau: float | None = None,
+                    overlap: int | None = None, batch_size: int = 4, colour_fix: bool = True):
+    """`nsarm upscale`'s UpscaleOptions: sampling from the model config unless `cfg_scale` / `tau` are given."""
+    sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if cfg_scale is None else cfg_scale,
+                              tau=cfg.tau if tau is None else tau, top_p=cfg.top_p, next_mode=cfg.next_mode)
+    return UpscaleOptions(sampling=sampling, seed=seed, overlap=overlap, batch_size=batch_size, colour_fix=colour_fix)
+
+
+def to_uint8(sr_3HW):
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 numpy array, as `nsarm upscale` writes its PNGs."""
+    return (sr_3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def upscale_arrays(model, encoder, lr_images, *, seed: int | None = 1, cfg_scale: float | None = None,
+                   tau: float | None = None, batch_size: int = 4, caption: str | None = None) -> list:
+    """uint8 (h, w, 3) arrays -> uint8 (4h, 4w, 3) arrays; same pixels as `nsarm upscale` with these settings."""
+    options = upscale_options(model.cfg, seed, cfg_scale, tau, batch_size=batch_size)
+    with torch.no_grad():
+        srs = upscale_images(model, list(lr_images), encoder.encode([caption or DEFAULT_CAPTION] * len(lr_images)),
+                             options)
+    return [to_uint8(sr) for sr in srs]
+
+
+def make_upscale_fn(model, encoder, seed: int = 0, caption: str = ""):
+    """`upscale_fn(lr_images, captions=None) -> list of uint8 (4h, 4w, 3)` of a loaded model and text encoder: the
+    model's own sampling settings, tile seeds from `seed`.
+
+    Args:
+        lr_images (of the returned fn): uint8 RGB arrays (h, w, 3), any size (tiled).
+        captions: one per image (None or "" entries use `caption`).
+    """
+    def upscale_fn(lr_images, captions=None):
+        caps = [c if c else caption for c in (captions or [None] * len(lr_images))]
+        with torch.no_grad():
+            srs = upscale_images(model, list(lr_images), encoder.encode(caps), UpscaleOptions(seed=seed))
+        return [to_uint8(sr) for sr in srs]
+
+    return upscale_fn

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DEFAULT_CAPTION = "A high-quality image with harmonious colors and rich details."
 
 
 class UpscaleError(Exception):
@@ -75,6 +74,8 @@ def _open(path: Path):
 
 
 def _captions(args, images: list[Path]) -> list[str]:
+    from nsarm.inference import DEFAULT_CAPTION
+
     if args.caption is not None:
         return [args.caption] * len(images)
     if args.caption_file is None:
@@ -112,56 +113,14 @@ def _resolve_model(uri: str) -> Path:
         raise UpscaleError(f"--model {uri}: {e}") from e
 
 
-def _load(args, device):
-    from nsarm.checkpoints import CONFIG, load_checkpoint, load_nsarm
-    from nsarm.text import build_tiny_text_encoder, load_text_encoder
+def _load(checkpoint, device, preset: str | None = None, tokenizer=None, text_encoder=None):
+    """(model, text encoder) by nsarm.loading's rules, its errors as UpscaleError naming the flags."""
+    from nsarm.loading import CLI_NAMES, LoadError, load_for_upscaling
 
-    ckpt = args.checkpoint
-    if not ckpt.exists():
-        raise UpscaleError(f"checkpoint not found: {ckpt}")
-    if args.tokenizer is not None and not args.tokenizer.exists():
-        raise UpscaleError(f"tokenizer weights not found: {args.tokenizer}")
-    te_dir = _text_encoder_before_loading(args)
-    if ckpt.is_dir() and (ckpt / CONFIG).is_file():
-        model = load_checkpoint(ckpt)
-        if args.tokenizer is not None:
-            from nsarm.tokenizer import load_tokenizer
-
-            model.tokenizer = load_tokenizer(args.tokenizer, model.cfg.tokenizer)
-    else:
-        if args.tokenizer is None:
-            raise UpscaleError(f"{ckpt} is an official checkpoint: pass --tokenizer (the d56 VAE .pth)")
-        model = load_nsarm(ckpt, args.preset, tokenizer_path=args.tokenizer)
-    if model.tokenizer is None:
-        raise UpscaleError(f"checkpoint {ckpt} has no tokenizer weights: pass --tokenizer")
-    model = model.to(device).eval()
-    if te_dir is not None:
-        enc = load_text_encoder(te_dir, device=device)
-    else:
-        enc = build_tiny_text_encoder(d_model=model.cfg.transformer.text_channels)
-    if enc.width != model.cfg.transformer.text_channels:
-        raise UpscaleError(f"text encoder width {enc.width} != model text_channels {model.cfg.transformer.text_channels}")
-    return model, enc
-
-
-def _text_encoder_before_loading(args) -> Path | None:
-    """The text-encoder directory to load (None: the tiny model's built-in one), checked from the checkpoint's
-    config alone: a missing encoder of the 8B model is reported before its weights are read, not after."""
-    from nsarm.checkpoints import CONFIG, read_model_config, text_encoder_dir
-    from nsarm.model import model_config
-
-    ckpt = args.checkpoint
-    ours = ckpt.is_dir() and (ckpt / CONFIG).is_file()
     try:
-        cfg = read_model_config(ckpt) if ours else model_config(args.preset)
-    except ValueError as e:  # an unknown --preset names the choices
-        raise UpscaleError(f"--preset: {e}") from None
-    te_dir = args.text_encoder or (text_encoder_dir(ckpt) if ckpt.is_dir() else None)
-    if te_dir is not None and not Path(te_dir).exists():
-        raise UpscaleError(f"text encoder directory not found: {te_dir}")
-    if te_dir is None and cfg.text_encoder != "tiny-t5":
-        raise UpscaleError(f"model {cfg.name!r} needs --text-encoder (a local {cfg.text_encoder} directory)")
-    return Path(te_dir) if te_dir is not None else None
+        return load_for_upscaling(preset, checkpoint, tokenizer, text_encoder, device=device, names=CLI_NAMES)
+    except LoadError as e:
+        raise UpscaleError(str(e)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -177,7 +136,7 @@ def _upscale(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from nsarm.inference import upscale_images
+    from nsarm.inference import to_uint8, upscale_images, upscale_options
 
     images = _inputs(args.input)
     captions = _captions(args, images)
@@ -185,7 +144,7 @@ def _upscale(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.model is not None:
         args.checkpoint = _resolve_model(args.model)
-    model, encoder = _load(args, device)
+    model, encoder = _load(args.checkpoint, device, args.preset, args.tokenizer, args.text_encoder)
     cfg = model.cfg
     if args.tile is not None and args.tile != cfg.lr_size:
         raise UpscaleError(
@@ -215,71 +174,12 @@ def _upscale(args: argparse.Namespace) -> int:
     return 0
 
 
-def upscale_options(cfg, seed: int | None = 1, cfg_scale: float | None = None, tau: float | None = None,
-                    overlap: int | None = None, batch_size: int = 4, colour_fix: bool = True):
-    """`nsarm upscale`'s UpscaleOptions: sampling from the model config unless `cfg_scale` / `tau` are given."""
-    from nsarm.inference import SamplingConfig, UpscaleOptions
-
-    sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if cfg_scale is None else cfg_scale,
-                              tau=cfg.tau if tau is None else tau, top_p=cfg.top_p, next_mode=cfg.next_mode)
-    return UpscaleOptions(sampling=sampling, seed=seed, overlap=overlap, batch_size=batch_size, colour_fix=colour_fix)
-
-
-def to_uint8(sr_3HW):
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 numpy array, as `nsarm upscale` writes its PNGs."""
-    import torch
-
-    return (sr_3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def load_upscaler(checkpoint: str | Path, device: str | None = None, text_encoder: str | Path | None = None):
-    """(model, text encoder) of our-format checkpoint directory, loaded as `nsarm upscale --checkpoint` does."""
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args = argparse.Namespace(checkpoint=Path(checkpoint), preset=None, tokenizer=None,
-                              text_encoder=Path(text_encoder) if text_encoder else None)
-    return _load(args, torch.device(device))
-
-
-def upscale_arrays(model, encoder, lr_images, *, seed: int | None = 1, cfg_scale: float | None = None,
-                   tau: float | None = None, batch_size: int = 4, caption: str | None = None) -> list:
-    """uint8 (h, w, 3) arrays -> uint8 (4h, 4w, 3) arrays; same pixels as `nsarm upscale` with these settings."""
-    import torch
-
-    from nsarm.inference import upscale_images
-
-    options = upscale_options(model.cfg, seed, cfg_scale, tau, batch_size=batch_size)
-    with torch.no_grad():
-        srs = upscale_images(model, list(lr_images), encoder.encode([caption or DEFAULT_CAPTION] * len(lr_images)),
-                             options)
-    return [to_uint8(sr) for sr in srs]
-
-
 def build_upscale_fn(checkpoint: str | Path, device: str | None = None, seed: int = 0, caption: str = "",
                      tokenizer: str | Path | None = None, text_encoder: str | Path | None = None,
                      preset: str | None = None):
-    """Load a checkpoint once (same rules and errors as `nsarm upscale`) and return
-    `upscale_fn(lr_images, captions=None) -> list of uint8 (4h, 4w, 3)`, the callable `nsarm eval` scores.
+    """Load a checkpoint once (same rules and errors as `nsarm upscale`) and return its `upscale_fn` (below), the
+    callable `nsarm eval` scores (nsarm.inference.make_upscale_fn)."""
+    from nsarm.inference import make_upscale_fn
 
-    Args:
-        lr_images (of the returned fn): uint8 RGB arrays (h, w, 3), any size (tiled).
-        captions: one per image (None entries use `caption`).
-    """
-    import torch
-
-    from nsarm.inference import UpscaleOptions, upscale_images
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args = argparse.Namespace(checkpoint=Path(checkpoint), preset=preset,
-                              tokenizer=Path(tokenizer) if tokenizer else None,
-                              text_encoder=Path(text_encoder) if text_encoder else None)
-    model, encoder = _load(args, device)
-
-    def upscale_fn(lr_images, captions=None):
-        caps = [c if c else caption for c in (captions or [None] * len(lr_images))]
-        with torch.no_grad():
-            srs = upscale_images(model, list(lr_images), encoder.encode(caps), UpscaleOptions(seed=seed))
-        return [to_uint8(sr) for sr in srs]
-
-    return upscale_fn
+    model, encoder = _load(checkpoint, device, preset, tokenizer, text_encoder)
+    return make_upscale_fn(model, encoder, seed, caption)

@@ -31,6 +31,8 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
+from nsarm import tracking
+
 REFERENCE = "reference.json"
 CONFIG = "config.json"
 EXPORT_INFO = "export.json"
@@ -71,7 +73,7 @@ def signature(cfg_scale: float, tau: float):
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    from nsarm.inference_cli import DEFAULT_CAPTION
+    from nsarm.inference import DEFAULT_CAPTION
 
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
@@ -90,22 +92,24 @@ def input_example(size: int = 16):
 
 
 class NSARMPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the referenced (or copied) export with `nsarm upscale`'s loader and upscales uint8 image batches."""
+    """Loads the referenced (or copied) export with `nsarm upscale`'s loader (nsarm/loading.py) and upscales uint8
+    image batches."""
 
     def load_context(self, context):
-        from nsarm.inference_cli import load_upscaler
+        from nsarm.loading import ARG_NAMES, load_for_upscaling
         from nsarm.train.export import fetch_export
 
         ref = json.loads(Path(context.artifacts[REFERENCE]).read_text())
         copied = context.artifacts.get(WEIGHTS_DIR)
         uri = copied or ref["uri"]
         local = fetch_export(uri, ref["files"], cache_dir())
-        self._model, self._encoder = load_upscaler(local, device=os.environ.get("NSARM_DEVICE"),
-                                                   text_encoder=os.environ.get("NSARM_TEXT_ENCODER"))
+        self._model, self._encoder = load_for_upscaling(
+            init_from=local, text_encoder_path=os.environ.get("NSARM_TEXT_ENCODER"),
+            device=os.environ.get("NSARM_DEVICE"), names={**ARG_NAMES, "text_encoder_path": "$NSARM_TEXT_ENCODER"})
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         # the np.ndarray hint: MLflow takes the schema from the logged signature, not from type hints
-        from nsarm.inference_cli import upscale_arrays
+        from nsarm.inference import upscale_arrays
 
         batch = np.asarray(next(iter(model_input.values())) if isinstance(model_input, dict) else model_input)
         if batch.ndim == 3:
@@ -149,7 +153,7 @@ def log_export(export: dict, name: str, run_id: str, *, copy_weights: bool = Fal
                 signature=signature(cfg.cfg_scale, cfg.tau), input_example=input_example(),
                 pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                                   "safetensors", "fsspec", "s3fs", "numpy", "pillow"])
-            mlflow.MlflowClient().log_model_artifacts(model.model_id, str(tmp / "model"))
+            tracking.mlflow_client().log_model_artifacts(model.model_id, str(tmp / "model"))
     except BaseException:
         mlflow.finalize_logged_model(model.model_id, "FAILED")
         raise
@@ -169,14 +173,16 @@ def _copy_loadable(uri: str, files: dict[str, str], into: Path) -> Path:
     return into
 
 
-def checkpoint_dir(model_uri: str) -> Path:
+def checkpoint_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
     """The verified local checkpoint directory (our format) of an MLflow model URI (`models:/nsarm@champion`,
     `models:/nsarm/3`, `runs:/<run id>/nsarm-stage2`, `models:/<model id>`): downloads the model's small files
-    through the tracking server, then fetches and re-hashes the weights they reference."""
+    through the tracking server (`tracking_uri`, else $MLFLOW_TRACKING_URI), then fetches and re-hashes the weights
+    they reference."""
     from mlflow.artifacts import download_artifacts
 
     from nsarm.train.export import fetch_export
 
+    tracking.init_tracking(tracking_uri)
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # a few small files: no progress bars on stderr
     saved = {k: os.environ.get(k) for k in quiet}
     os.environ.update(quiet)

@@ -5,6 +5,7 @@ serves the two Prefect deployments — all on 127.0.0.1, all under one state dir
     nsarm stack status    # one line per service
     nsarm stack down      # stop (only) the processes this stack started, by PID / process group
     nsarm stack add-node [--name N] [--num-cpus C] [--resources JSON] | remove-node N   (nsarm/stack_nodes.py)
+    (the `nsarm stack` command: nsarm/stack_cli.py; PID files, process groups: nsarm/processes.py)
 
 Configuration (env vars; CLI flags override): NSARM_STATE_DIR (default ./.nsarm), NSARM_PREFECT_PORT (4200),
 NSARM_MLFLOW_PORT (5000), NSARM_RAY_PORT (6379), NSARM_RAY_DASHBOARD_PORT (8265), NSARM_RAY_CLIENT_PORT (10001),
@@ -22,22 +23,27 @@ which would kill every Ray process on the host, including other users').
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from nsarm.processes import (
+    HOST,
+    Service,
+    StackError,
+    free_port,
+    log_file,
+    log_tail,
+    pid_file,
+    read_pid,
+    start,
+    stop_groups,
+    stop_nodes,
+)
+
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch: "0" = one machine, node IP stays 127.0.0.1
-
-
-class StackError(RuntimeError):
-    """A service could not be started (port taken, health timeout, crashed on start)."""
 
 
 @dataclass(frozen=True)
@@ -142,27 +148,10 @@ class StackConfig:
                 **self.prefect_auth_env(), **self.ray_env()}
 
 
-@dataclass
-class Service:
-    name: str
-    cmd: list[str]
-    health_url: str | None  # GET answering < 500 means healthy
-    ports: tuple[int, ...]  # must be free before start
-    env: dict[str, str] = field(default_factory=dict)
-    external: str | None = None  # address of an external instance: not managed here
-    token_file: Path | None = None  # health checks send this bearer token (Ray dashboard with token auth)
-
-
 def _bin(name: str) -> str:
     """A console script of the running interpreter's environment (the venv's, not whatever is first on PATH)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def prefect_server_env(cfg: StackConfig) -> dict[str, str]:
@@ -191,7 +180,7 @@ def services(cfg: StackConfig) -> list[Service]:
                "--ray-client-server-port", str(cfg.ray_client_port),
                "--min-worker-port", str(cfg.ray_min_worker_port), "--max-worker-port", str(cfg.ray_max_worker_port),
                # Ray's fixed default (52365) would collide with any other Ray head or node on this host
-               "--dashboard-agent-listen-port", str(_free_port()),
+               "--dashboard-agent-listen-port", str(free_port()),
                "--temp-dir", str(state / "ray"), "--disable-usage-stats"]
     if cfg.ray_cpus is not None:
         ray_cmd += ["--num-cpus", str(cfg.ray_cpus)]
@@ -211,76 +200,6 @@ def services(cfg: StackConfig) -> list[Service]:
         Service("deployments", [sys.executable, "-m", "flows.serve"], None, (),
                 {**base_env, **cfg.client_env(), "NSARM_STATE_DIR": str(state)}),
     ]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# process bookkeeping
-
-
-def _pid_file(cfg: StackConfig, name: str) -> Path:
-    return cfg.state_dir / "pids" / f"{name}.pid"
-
-
-def _log_file(cfg: StackConfig, name: str) -> Path:
-    return cfg.state_dir / "logs" / f"{name}.log"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def read_pid(cfg: StackConfig, name: str) -> int | None:
-    """The PID we recorded for `name`, if that process still runs with the command line we started."""
-    path = _pid_file(cfg, name)
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        pid = int(record["pid"])
-    except (ValueError, KeyError, json.JSONDecodeError):
-        return None
-    if not _alive(pid):
-        return None
-    try:  # guard against PID reuse: the recorded command must still be what runs under that PID
-        # (a console script shows up as "python /path/to/script …", so look at the first few arguments)
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:3]
-        if args[0] and Path(record["cmd0"]).name not in {Path(a).name for a in args}:
-            return None
-    except OSError:
-        pass
-    return pid
-
-
-def port_owner(port: int) -> str | None:
-    """Describe who listens on 127.0.0.1:`port` ('pid 123 (prefect)'), 'unknown process' if taken by someone we
-    cannot see, or None when the port is free."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-            return None
-        except OSError:
-            pass
-    try:
-        import psutil
-
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
-    except Exception:  # psutil missing or access denied: still a clear error without the owner
-        pass
-    return "unknown process"
 
 
 def healthy(url: str | None, timeout: float = 2.0, token_file: Path | None = None) -> bool:
@@ -346,40 +265,8 @@ def _service_healthy(cfg: StackConfig, svc: Service) -> bool:
     return _deployments_ready(cfg) if svc.name == "deployments" else healthy(svc.health_url, token_file=svc.token_file)
 
 
-def _log_tail(path: Path, n: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
 # --------------------------------------------------------------------------------------------------------------
 # up / down / status
-
-
-def _start(cfg: StackConfig, svc: Service) -> int:
-    for port in svc.ports:
-        owner = port_owner(port)
-        if owner is not None:
-            raise StackError(f"cannot start {svc.name}: port {HOST}:{port} is already in use by {owner}. "
-                             f"Stop it, or choose another port (see `nsarm stack up --help`).")
-    log = _log_file(cfg, svc.name)
-    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _pid_file(cfg, svc.name).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env = {**os.environ, **svc.env}
-    # Our own external settings must not leak into local servers (e.g. a Prefect server with PREFECT_API_URL set).
-    if svc.name != "deployments":
-        for k in ("PREFECT_API_URL", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
-            env.pop(k, None)
-    with open(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
-        # umask 077: the servers' databases, artifacts and Ray's session files are the user's alone. Not for the
-        # deployments server: its flows write the user's datasets and checkpoints, wherever the user chose.
-        proc = subprocess.Popen(svc.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=str(Path.cwd()), start_new_session=True,
-                                umask=-1 if svc.name == "deployments" else 0o077)
-    _pid_file(cfg, svc.name).write_text(json.dumps({"pid": proc.pid, "cmd0": svc.cmd[0], "started": time.time()}))
-    _pid_file(cfg, svc.name).chmod(0o600)
-    return proc.pid
 
 
 def check_ports(cfg: StackConfig) -> None:
@@ -466,7 +353,7 @@ def up(cfg: StackConfig, echo=print) -> dict[str, str]:
             raise
         result = stop_groups({name: read_pid(cfg, name) for name in started}, grace_s=10.0)
         for name in started:
-            _pid_file(cfg, name).unlink(missing_ok=True)
+            pid_file(cfg, name).unlink(missing_ok=True)
         raise StackError(f"{e}\nstopped what this call started: "
                          + ", ".join(f"{n} ({r})" for n, r in result.items())) from None
 
@@ -487,10 +374,10 @@ def _up(cfg: StackConfig, echo, started: list[str]) -> dict[str, str]:
             result[svc.name] = "running"
             echo(f"{svc.name:12s} already running (pid {read_pid(cfg, svc.name)})")
             continue
-        pid = _start(cfg, svc)
+        pid = start(cfg, svc)
         started.append(svc.name)
         result[svc.name] = "started"
-        echo(f"{svc.name:12s} started (pid {pid}), log {_log_file(cfg, svc.name)}")
+        echo(f"{svc.name:12s} started (pid {pid}), log {log_file(cfg, svc.name)}")
         waiting.append(svc)
     _wait_healthy(cfg, waiting, echo)
     return result
@@ -504,83 +391,27 @@ def _wait_healthy(cfg: StackConfig, svcs: list[Service], echo) -> None:
             pid = read_pid(cfg, svc.name)
             if pid is None:
                 raise StackError(f"{svc.name} exited during start-up; last log lines "
-                                 f"({_log_file(cfg, svc.name)}):\n{_log_tail(_log_file(cfg, svc.name))}")
+                                 f"({log_file(cfg, svc.name)}):\n{log_tail(log_file(cfg, svc.name))}")
             ok = _service_healthy(cfg, svc)
             if ok:
                 echo(f"{svc.name:12s} healthy")
                 pending.remove(svc)
         if pending and time.monotonic() > deadline:
             names = ", ".join(s.name for s in pending)
-            tails = "\n".join(f"--- {s.name}:\n{_log_tail(_log_file(cfg, s.name))}" for s in pending)
+            tails = "\n".join(f"--- {s.name}:\n{log_tail(log_file(cfg, s.name))}" for s in pending)
             raise StackError(f"not healthy after {cfg.health_timeout_s:.0f} s: {names}\n{tails}")
         if pending:
             time.sleep(0.5)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the process group `pid` leads (services start in their own session), else the process alone."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def group_members(pgid: int) -> set[int]:
-    """PIDs of the live processes in process group `pgid` (a service and everything it spawned)."""
-    members = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
-                    members.add(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                continue
-    return members
-
-
-def _group_alive(pgid: int) -> bool:
-    return bool(group_members(pgid))
-
-
-def _group_running(pid: int) -> bool:
-    return _group_alive(pid) or _alive(pid)
-
-
-def stop_groups(pids: dict[str, int | None], grace_s: float) -> dict[str, str]:
-    """Stop process groups by their leader PID: SIGTERM to all at once, wait up to `grace_s` for them to go (0: no
-    SIGTERM, a crash), SIGKILL whatever is left and wait for it. {name: "stopped" | "killed" | "not running"}."""
-    running = {name: pid for name, pid in pids.items() if pid is not None}
-    if grace_s > 0:
-        for pid in running.values():
-            _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(map(_group_running, running.values())):
-            time.sleep(0.2)
-    result = {name: "not running" for name, pid in pids.items() if pid is None}
-    for name, pid in running.items():
-        result[name] = "stopped"
-        if _group_running(pid):
-            _signal_group(pid, signal.SIGKILL)
-            result[name] = "killed"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_group_running(running[n]) for n, r in result.items() if r == "killed"):
-        time.sleep(0.1)
-    return result
-
-
 def down(cfg: StackConfig, echo=print, timeout: float = 35.0) -> dict[str, str]:
     """Stop the services this stack started, by their recorded PID / process group: SIGTERM to all at once (Ray
     drains for a few seconds), wait up to `timeout`, then SIGKILL whatever is left of those groups."""
-    from nsarm.stack_nodes import remove_all_nodes
-
-    remove_all_nodes(cfg, timeout, echo)  # worker nodes first: they would only log errors once the head is gone
+    stop_nodes(cfg, timeout, echo)  # worker nodes first: they would only log errors once the head is gone
     result = stop_groups({svc.name: read_pid(cfg, svc.name) for svc in reversed(services(cfg))}, timeout)
     result = {n: "killed (did not stop within timeout)" if r == "killed" else r for n, r in result.items()}
     for svc in reversed(services(cfg)):
-        _pid_file(cfg, svc.name).unlink(missing_ok=True)
+        pid_file(cfg, svc.name).unlink(missing_ok=True)
         echo(f"{svc.name:12s} {result[svc.name]}")
     return result
 
@@ -613,67 +444,3 @@ def print_urls(cfg: StackConfig, echo=print) -> None:
          + ("" if cfg.ray_address else f"   (sign in with the token in {cfg.ray_token_path})"))
     echo(f"State dir       {cfg.state_dir}   (logs/, pids/)")
     print_client_env(cfg, echo)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def register(sub) -> None:
-    p = sub.add_parser("stack", help="embedded local Prefect + MLflow + Ray stack")
-    p.add_argument("action", choices=["up", "down", "status", "add-node", "remove-node"])
-    p.add_argument("node", nargs="?", help="remove-node: the node's name")
-    p.add_argument("--state-dir", help="default $NSARM_STATE_DIR or ./.nsarm")
-    p.add_argument("--prefect-port", type=int)
-    p.add_argument("--mlflow-port", type=int)
-    p.add_argument("--ray-port", type=int)
-    p.add_argument("--ray-dashboard-port", type=int)
-    p.add_argument("--ray-client-port", type=int, help="Ray client server (ray://) port (default 10001)")
-    p.add_argument("--ray-min-worker-port", type=int, help="Ray workers' port range start (default 10002)")
-    p.add_argument("--ray-max-worker-port", type=int, help="Ray workers' port range end (default 19999)")
-    p.add_argument("--ray-cpus", type=int)
-    p.add_argument("--timeout", type=float, help="seconds to wait for health endpoints (default 120)")
-    p.add_argument("--json", action="store_true", help="status as JSON")
-    p.add_argument("--name", help="add-node: node name (default node2, node3, …)")
-    p.add_argument("--num-cpus", type=int, default=1, help="add-node: CPUs the node offers (default 1)")
-    p.add_argument("--resources", help="add-node: extra custom resources as JSON, e.g. '{\"sim_node_2\": 1}'")
-    p.add_argument("--grace", type=float, default=35.0,
-                   help="remove-node: seconds between SIGTERM and SIGKILL (0: kill at once, like a crash)")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    cfg = StackConfig.from_env(state_dir=args.state_dir, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
-                               ray_port=args.ray_port, ray_dashboard_port=args.ray_dashboard_port,
-                               ray_client_port=args.ray_client_port, ray_min_worker_port=args.ray_min_worker_port,
-                               ray_max_worker_port=args.ray_max_worker_port, ray_cpus=args.ray_cpus,
-                               health_timeout_s=args.timeout)
-    if args.action in ("add-node", "remove-node"):
-        from nsarm.stack_nodes import node_cli
-
-        return node_cli(cfg, args)
-    if args.action == "up":
-        try:
-            up(cfg)
-        except StackError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print_urls(cfg)
-    elif args.action == "down":
-        down(cfg)
-    else:
-        from nsarm.stack_nodes import node_status
-
-        report, nodes = status(cfg), node_status(cfg)
-        if args.json:
-            print(json.dumps({**report, "nodes": nodes} if nodes else report, indent=2))
-        else:
-            for name, r in report.items():
-                print(f"{name:12s} {r['state']:10s} pid={r['pid'] or '-':<8} {r['url']}")
-            for name, r in nodes.items():
-                print(f"node {name:7s} {r['state']:10s} pid={r['pid'] or '-':<8} {r['num_cpus']} CPU "
-                      f"{json.dumps(r['resources'])}")
-            print_client_env(cfg)
-        return 0 if all(r["state"] in ("running", "external") for r in report.values()) else 3
-    return 0
-

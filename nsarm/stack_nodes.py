@@ -21,23 +21,24 @@ import re
 import sys
 import time
 
-from nsarm.stack import (
+from nsarm.processes import (
     HOST,
     Service,
-    StackConfig,
     StackError,
-    _alive,
-    _free_port,
-    _log_file,
-    _log_tail,
-    _pid_file,
-    _start,
+    alive,
+    free_port,
+    log_file,
+    log_tail,
+    node_file_name,
+    node_names,
+    pid_file,
     read_pid,
+    start,
     stop_groups,
 )
+from nsarm.stack import StackConfig
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
-NODE_PREFIX = "node-"  # PID/log file prefix, keeps nodes apart from the services' files
 
 
 def node_resource(name: str) -> str:
@@ -65,19 +66,6 @@ def parse_resources(text: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in value.items()}
 
 
-def _node_file_name(name: str) -> str:
-    return f"{NODE_PREFIX}{name}"
-
-
-def node_names(cfg: StackConfig) -> list[str]:
-    """Names of the nodes with a PID file (running or not), in creation order."""
-    pids = cfg.state_dir / "pids"
-    if not pids.exists():
-        return []
-    files = sorted(pids.glob(f"{NODE_PREFIX}*.pid"), key=lambda p: p.stat().st_mtime)
-    return [p.stem.removeprefix(NODE_PREFIX) for p in files]
-
-
 def _next_name(cfg: StackConfig) -> str:
     taken = set(node_names(cfg))
     i = 2  # the head is node 1
@@ -89,7 +77,7 @@ def _next_name(cfg: StackConfig) -> str:
 def node_command(cfg: StackConfig, num_cpus: int, resources: dict[str, float]) -> list[str]:
     """`ray start` for a worker node joining this stack's head, on free ports (the defaults, e.g. the dashboard
     agent's 52365, are already taken by the head on the same host)."""
-    ports = [_free_port() for _ in range(5)]
+    ports = [free_port() for _ in range(5)]
     # Ray's own CLI with loopback addresses kept (plain `ray start` would join via the machine's address)
     return [sys.executable, "-m", "nsarm.ray_loopback", "start", "--address", cfg.ray_url, "--block", "--node-ip-address", HOST,
             "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
@@ -122,16 +110,16 @@ def add_node(cfg: StackConfig, name: str | None = None, num_cpus: int = 1, resou
         raise StackError(f"add-node joins nodes to the stack's own Ray head; RAY_ADDRESS={cfg.ray_address} is external")
     if read_pid(cfg, "ray") is None:
         raise StackError(f"the stack's Ray head is not running (state dir {cfg.state_dir}); run `nsarm stack up` first")
-    if read_pid(cfg, _node_file_name(name)):
-        raise StackError(f"node {name!r} is already running (pid {read_pid(cfg, _node_file_name(name))})")
+    if read_pid(cfg, node_file_name(name)):
+        raise StackError(f"node {name!r} is already running (pid {read_pid(cfg, node_file_name(name))})")
     res = {**(resources or {}), node_resource(name): 1.0}
-    svc = Service(_node_file_name(name), node_command(cfg, num_cpus, res), None, (),
+    svc = Service(node_file_name(name), node_command(cfg, num_cpus, res), None, (),
                   {"RAY_USAGE_STATS_ENABLED": "0", **cfg.ray_env()})
-    pid = _start(cfg, svc)
-    record = json.loads(_pid_file(cfg, svc.name).read_text())
-    _pid_file(cfg, svc.name).write_text(json.dumps({**record, "name": name, "num_cpus": num_cpus, "resources": res}))
+    pid = start(cfg, svc)
+    record = json.loads(pid_file(cfg, svc.name).read_text())
+    pid_file(cfg, svc.name).write_text(json.dumps({**record, "name": name, "num_cpus": num_cpus, "resources": res}))
     _wait_joined(cfg, name, pid, wait_s)
-    echo(f"node {name} joined (pid {pid}, {num_cpus} CPU, resources {res}), log {_log_file(cfg, svc.name)}")
+    echo(f"node {name} joined (pid {pid}, {num_cpus} CPU, resources {res}), log {log_file(cfg, svc.name)}")
     return {"name": name, "pid": pid, "num_cpus": num_cpus, "resources": res}
 
 
@@ -167,14 +155,14 @@ def node_joined(cfg: StackConfig, name: str) -> bool:
 
 def _wait_joined(cfg: StackConfig, name: str, pid: int, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
-    log = _log_file(cfg, _node_file_name(name))
+    log = log_file(cfg, node_file_name(name))
     while not node_joined(cfg, name):
-        if not _alive(pid):
-            _pid_file(cfg, _node_file_name(name)).unlink(missing_ok=True)
-            raise StackError(f"node {name} exited while joining; last log lines ({log}):\n{_log_tail(log)}")
+        if not alive(pid):
+            pid_file(cfg, node_file_name(name)).unlink(missing_ok=True)
+            raise StackError(f"node {name} exited while joining; last log lines ({log}):\n{log_tail(log)}")
         if time.monotonic() > deadline:
             raise StackError(f"node {name} (pid {pid}) did not join the head within {wait_s:.0f} s; "
-                             f"last log lines ({log}):\n{_log_tail(log)}")
+                             f"last log lines ({log}):\n{log_tail(log)}")
         time.sleep(0.5)
 
 
@@ -189,19 +177,10 @@ def remove_node(cfg: StackConfig, name: str, grace_s: float = 35.0, echo=print) 
     if name not in known:
         raise StackError(f"unknown node {name!r} in {cfg.state_dir}; known nodes: {known or 'none'} "
                          "(the head is managed by `nsarm stack up/down`)")
-    fname = _node_file_name(name)
+    fname = node_file_name(name)
     result = stop_groups({name: read_pid(cfg, fname)}, grace_s)[name]
-    _pid_file(cfg, fname).unlink(missing_ok=True)
+    pid_file(cfg, fname).unlink(missing_ok=True)
     echo(f"node {name}: {result}")
-    return result
-
-
-def remove_all_nodes(cfg: StackConfig, grace_s: float = 35.0, echo=print) -> dict[str, str]:
-    """Stop every node of this stack at once (SIGTERM all, one shared grace period, SIGKILL the rest)."""
-    result = stop_groups({n: read_pid(cfg, _node_file_name(n)) for n in node_names(cfg)}, grace_s)
-    for name in result:
-        _pid_file(cfg, _node_file_name(name)).unlink(missing_ok=True)
-        echo(f"node {name:7s} {result[name]}")
     return result
 
 
@@ -209,9 +188,9 @@ def node_status(cfg: StackConfig) -> dict[str, dict]:
     """Per extra node: state (running / stopped), pid, num_cpus, resources."""
     report = {}
     for name in node_names(cfg):
-        fname = _node_file_name(name)
+        fname = node_file_name(name)
         try:
-            record = json.loads(_pid_file(cfg, fname).read_text())
+            record = json.loads(pid_file(cfg, fname).read_text())
         except (OSError, json.JSONDecodeError):
             record = {}
         pid = read_pid(cfg, fname)
@@ -221,7 +200,7 @@ def node_status(cfg: StackConfig) -> dict[str, dict]:
 
 
 def node_cli(cfg: StackConfig, args) -> int:
-    """`nsarm stack add-node|remove-node` (argparse namespace from nsarm.stack.register)."""
+    """`nsarm stack add-node|remove-node` (argparse namespace from nsarm.stack_cli.register)."""
     try:
         if args.action == "add-node":
             if args.node:

@@ -29,6 +29,21 @@ def init_tracking(tracking_uri: str | None = None) -> str:
     return mlflow.get_tracking_uri()
 
 
+def mlflow_client(tracking_uri: str | None = None):
+    """An `mlflow.MlflowClient` of `tracking_uri` (made the process's URI, as `init_tracking`): the one way this
+    module and nsarm/pyfunc.py reach the server outside an active run."""
+    import mlflow
+
+    init_tracking(tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def _experiment(client, name: str) -> tuple[str, dict[str, str]]:
+    """(id, tags) of experiment `name`, created (without tags) when missing."""
+    exp = client.get_experiment_by_name(name)
+    return (exp.experiment_id, dict(exp.tags)) if exp else (client.create_experiment(name), {})
+
+
 @contextlib.contextmanager
 def start_run(experiment: str, *, run_name: str | None = None, run_id: str | None = None,
               tracking_uri: str | None = None, tags: Mapping[str, str] | None = None,
@@ -45,7 +60,7 @@ def start_run(experiment: str, *, run_name: str | None = None, run_id: str | Non
     else:
         # MLflow refuses to resume a run while the process's active experiment (set by any earlier
         # set_experiment in this process) is another one: make the run's own experiment the active one.
-        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+        mlflow.set_experiment(experiment_id=mlflow_client().get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=dict(tags or {})) as run:
         yield run.info.run_id
 
@@ -146,22 +161,16 @@ def enable_system_metrics() -> None:
 def create_run(experiment: str, *, run_name: str | None = None, tracking_uri: str | None = None,
                tags: Mapping[str, str] | None = None) -> str:
     """Create a run without making it active (e.g. a driver that hands the id to a training worker)."""
-    import mlflow
-
-    init_tracking(tracking_uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    client = mlflow_client(tracking_uri)
+    run = client.create_run(_experiment(client, experiment)[0], run_name=run_name, tags=dict(tags or {}))
     return run.info.run_id
 
 
 def run_exists(run_id: str, tracking_uri: str | None = None) -> bool:
     import mlflow
 
-    init_tracking(tracking_uri)
     try:
-        mlflow.MlflowClient().get_run(run_id)
+        mlflow_client(tracking_uri).get_run(run_id)
     except mlflow.exceptions.MlflowException:
         return False
     return True
@@ -169,10 +178,7 @@ def run_exists(run_id: str, tracking_uri: str | None = None) -> bool:
 
 def get_run_data(run_id: str, tracking_uri: str | None = None) -> dict:
     """{"params", "metrics" (latest values), "tags", "status", "artifact_uri"} of a run."""
-    import mlflow
-
-    init_tracking(tracking_uri)
-    run = mlflow.MlflowClient().get_run(run_id)
+    run = mlflow_client(tracking_uri).get_run(run_id)
     return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
             "status": run.info.status, "artifact_uri": run.info.artifact_uri,
             "experiment_id": run.info.experiment_id}
@@ -180,10 +186,7 @@ def get_run_data(run_id: str, tracking_uri: str | None = None) -> dict:
 
 def list_artifacts(run_id: str, path: str | None = None, tracking_uri: str | None = None) -> list[str]:
     """Artifact paths of a run under `path` (recursively)."""
-    import mlflow
-
-    init_tracking(tracking_uri)
-    client = mlflow.MlflowClient()
+    client = mlflow_client(tracking_uri)
     out, todo = [], [path]
     while todo:
         for f in client.list_artifacts(run_id, todo.pop()):
@@ -192,10 +195,7 @@ def list_artifacts(run_id: str, path: str | None = None, tracking_uri: str | Non
 
 
 def metric_history(run_id: str, key: str, tracking_uri: str | None = None) -> list[tuple[int, float]]:
-    import mlflow
-
-    init_tracking(tracking_uri)
-    return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+    return [(m.step, m.value) for m in mlflow_client(tracking_uri).get_metric_history(run_id, key)]
 
 
 # MLflow 3's experiment type (the UI's "Experiment type: Machine learning" vs GenAI), an experiment tag.
@@ -204,24 +204,17 @@ EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_dev
 
 def mark_model_training(experiment: str, tracking_uri: str | None = None) -> str:
     """Create `experiment` if missing and mark it a model-training experiment; returns its id."""
-    import mlflow
-
-    init_tracking(tracking_uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    if not exp or exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+    client = mlflow_client(tracking_uri)
+    exp_id, tags = _experiment(client, experiment)
+    if tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
         client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return exp_id
 
 
 def find_model_version(name: str, run_id: str, tags: Mapping[str, Any], tracking_uri: str | None = None) -> str | None:
     """The version of `name` registered from `run_id` whose tags include `tags` (e.g. the export's sha256), or None."""
-    import mlflow
-
-    init_tracking(tracking_uri)
     want = {k: str(v) for k, v in tags.items()}
-    for mv in mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+    for mv in mlflow_client(tracking_uri).search_model_versions(f"name='{name}' and run_id='{run_id}'"):
         if all(mv.tags.get(k) == v for k, v in want.items()):
             return str(mv.version)
     return None
@@ -249,10 +242,7 @@ def logged_model_metrics(model_id: str, tracking_uri: str | None = None) -> dict
 
 
 def set_model_version_description(name: str, version: str, description: str, tracking_uri: str | None = None) -> None:
-    import mlflow
-
-    init_tracking(tracking_uri)
-    mlflow.MlflowClient().update_model_version(name, version, description=description)
+    mlflow_client(tracking_uri).update_model_version(name, version, description=description)
 
 
 def register_model_version(name: str, *, source: str, run_id: str | None = None,
@@ -262,8 +252,7 @@ def register_model_version(name: str, *, source: str, run_id: str | None = None,
     `models:/<model id>`, with that logged model's `model_id`); returns the version number as a string."""
     import mlflow
 
-    init_tracking(tracking_uri)
-    client = mlflow.MlflowClient()
+    client = mlflow_client(tracking_uri)
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
@@ -277,17 +266,11 @@ def register_model_version(name: str, *, source: str, run_id: str | None = None,
 
 
 def set_model_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
-    import mlflow
-
-    init_tracking(tracking_uri)
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    mlflow_client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
 def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any], tracking_uri: str | None = None) -> None:
-    import mlflow
-
-    init_tracking(tracking_uri)
-    client = mlflow.MlflowClient()
+    client = mlflow_client(tracking_uri)
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, str(v))
 
@@ -296,10 +279,7 @@ def get_model_version(name: str, alias: str | None = None, version: str | None =
                       tracking_uri: str | None = None) -> dict:
     """A registered version (by alias or number): {"version", "source", "run_id", "model_id", "tags", "aliases",
     "description"}."""
-    import mlflow
-
-    init_tracking(tracking_uri)
-    client = mlflow.MlflowClient()
+    client = mlflow_client(tracking_uri)
     mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     # the server's answer may leave model_id empty; the source of a logged model's version is models:/<model id>
     model_id = mv.model_id or (mv.source.removeprefix("models:/") if mv.source.startswith("models:/m-") else None)

@@ -149,12 +149,12 @@ def s3_bucket(moto_s3):
 
 def stack_processes(cfg) -> set[int]:
     """PIDs of every process in the process groups of the stack's recorded services and extra Ray nodes."""
-    from nsarm import stack, stack_nodes
+    from nsarm import processes, stack
 
-    names = [svc.name for svc in stack.services(cfg)] + [f"{stack_nodes.NODE_PREFIX}{n}"
-                                                          for n in stack_nodes.node_names(cfg)]
-    groups = {pid for name in names if (pid := stack.read_pid(cfg, name))}
-    return set().union(*(stack.group_members(g) for g in groups))
+    names = [svc.name for svc in stack.services(cfg)] + [processes.node_file_name(n)
+                                                          for n in processes.node_names(cfg)]
+    groups = {pid for name in names if (pid := processes.read_pid(cfg, name))}
+    return set().union(*(processes.group_members(g) for g in groups))
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +164,7 @@ def embedded_stack(tmp_path_factory):
     Yields the StackConfig; its `client_env()` has PREFECT_API_URL / MLFLOW_TRACKING_URI / RAY_ADDRESS. On teardown
     the stack is stopped and the fixture fails if any of its processes survive.
     """
-    from nsarm import stack
+    from nsarm import processes, stack
 
     state = tmp_path_factory.mktemp("stack")
     for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
@@ -179,7 +179,7 @@ def embedded_stack(tmp_path_factory):
         pids = stack_processes(cfg)
         stack.down(cfg)
         time.sleep(1)
-        leftover = [p for p in pids if stack._alive(p)]
+        leftover = [p for p in pids if processes.alive(p)]
         assert not leftover, f"stack processes still alive after down: {leftover}"
 
 

@@ -14,6 +14,7 @@ micro batch of an epoch is dropped (every rank steps in lockstep under DDP), and
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import fsspec
@@ -173,3 +174,31 @@ class BatchStream:
             captions=[s.get("caption") or "" for s in samples],
             keys=[s["key"] for s in samples],
         )
+
+
+def hr_images(root: str, keys: frozenset[str] | None = None, exclude: frozenset[str] = frozenset(),
+              seed: int = 0) -> dict[str, torch.Tensor]:
+    """{key: (3, 256, 256) float in [-1, 1]} of the dataset's HR images, one epoch in `seed`'s order: `keys` only
+    (None = all), minus `exclude` (the tokenizer warm-up and its ceiling read the tiny model's HR size)."""
+    stream = BatchStream(root, pick_versions(root), 0, 1, 1, 256, 64, seed=seed, exclude=exclude)
+    out = {}
+    for _ in range(stream.num_samples - len(exclude)):  # one epoch
+        batch = next(stream)
+        if keys is None or batch.keys[0] in keys:
+            out[batch.keys[0]] = batch.hr_B3HW[0] * 2 - 1
+    return out
+
+
+def dataset_version(root: str) -> str:
+    """The manifest's content version, else a hash of the root URL (a dataset without manifest)."""
+    url = contract.manifest_path(root)
+    if contract.exists(url):
+        return str(contract.read_json(url).get("version"))
+    return hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:12]
+
+
+def dataset_label(root: str) -> str:
+    """`name@version (root)` of a dataset root, for the model version's page."""
+    url = contract.manifest_path(root)
+    manifest = contract.read_json(url) if contract.exists(url) else {}
+    return f"{manifest.get('name', 'dataset')}@{manifest.get('version', dataset_version(root))} ({root})"

@@ -1,7 +1,6 @@
 """Export a trained model: our consolidated format (what `nsarm upscale` loads) + the official key layout + sha256.
 
     info = export_model(model, "s3://bucket/runs/tiny/export/stage2", text_encoder=enc)
-    info = export_training_checkpoint("runs/tiny-s2/checkpoint_000003", "out/stage2")    # offline, from Ray's dir
     # info = {"uri": ".../stage2", "sha256": <model.safetensors>, "official": ".../nsarm_official.pth", ...}
 
 Layout of an export directory (local path or s3:// prefix):
@@ -139,19 +138,3 @@ def _download(url: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fs.get_file(path, str(target) + ".part")
     Path(str(target) + ".part").replace(target)
-
-
-def export_training_checkpoint(checkpoint_dir: str | Path, uri: str) -> dict:
-    """Consolidate a (DDP) training checkpoint directory written by the loop into an export at `uri`."""
-    from nsarm.train import state as st
-    from nsarm.train.config import TrainConfig
-    from nsarm.train.loop import StageModule, build_models
-
-    state = st.load_state(Path(checkpoint_dir))
-    if state["model"] is None:
-        raise ValueError(f"{checkpoint_dir} is a sharded (FSDP) checkpoint; export it from the training job")
-    cfg = TrainConfig.from_dict(state["train_config"])
-    model, text_encoder = build_models(cfg, torch.device("cpu"))
-    StageModule(model, cfg.stage).load_state_dict(state["model"])
-    return export_model(model, uri, text_encoder=text_encoder, extra={"train_config": cfg.to_dict(),
-                                                                      "step": state["step"]})

@@ -1,6 +1,7 @@
 """The per-worker training loop of one NSARM stage: build → (resume) → step → checkpoint → export. No Ray here.
 
     summary = train_stage(cfg, root, LocalContext(run_dir))          # one process (tests, debugging)
+    info = export_training_checkpoint("runs/tiny-s2/checkpoint_000003", "out/stage2")   # offline, from Ray's dir
     # nsarm/train/ray_trainer.py runs the same function in every Ray Train worker with a RayContext
 
 The loop is written against a small `Context` (rank, world size, where the last checkpoint is, how to report a
@@ -21,7 +22,6 @@ Test hook: `hooks={"fail_at_step": N, "fail_rank": r, "marker": path}` makes ran
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
@@ -38,13 +38,13 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from nsarm.attention import set_backend
-from nsarm.model import NSARMModel, build_model, model_config
+from nsarm.model import NSARMModel, model_config
 from nsarm.scales import get_schedule
 from nsarm.train import state as st
 from nsarm.train.config import TrainConfig
 from nsarm.train.data import BatchStream, holdout_keys, pick_versions
 from nsarm.train.latents import LatentCache
-from nsarm.train.steps import Stage2Options, stage1_loss, stage2_loss
+from nsarm.train.steps import Stage2Options, StageModule
 
 
 class Context(Protocol):
@@ -127,85 +127,23 @@ class LoopOptions:
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
-class StageModule(nn.Module):
-    """What one stage trains, as one module (DDP/FSDP wrap it): the map net, plus the transformer in stage 2."""
-
-    def __init__(self, model: NSARMModel, stage: int):
-        super().__init__()
-        self.stage = stage
-        self.model_config = model.cfg.to_dict()  # saved in every checkpoint beside the weights
-        self.map_transformer = model.map_transformer
-        self.transformer = model.transformer if stage == 2 else None
-
-    def forward(self, z_lr, z_hr, text, grids, patch, opts: Stage2Options, generator):
-        if self.stage == 1:
-            vae_grids = [(h * patch, w * patch) for h, w in grids]
-            out = stage1_loss(self.map_transformer, z_lr, z_hr, vae_grids, opts.k_t, opts.down, opts.up)
-        else:
-            out = stage2_loss(self.transformer, self.map_transformer, z_lr, z_hr, text, grids, patch, opts, generator)
-            # Every rank gives every trained parameter a gradient (0 here when no caption was dropped): FSDP
-            # reduce-scatters only parameters that have one, so a rank without a dropped caption would send a smaller
-            # buffer than one with (gloo: "Received data size doesn't match expected size"). DDP gets the same zeros.
-            return out.loss + 0.0 * self.transformer.cfg_uncond.sum(), out.stats
-        return out.loss, out.stats
-
-
 def build_models(cfg: TrainConfig, device: torch.device):
-    """NSARMModel (+ text encoder for stage 2) with the stage's initial weights; the tokenizer is frozen."""
+    """NSARMModel (+ text encoder for stage 2 and previews) with the stage's initial weights (nsarm.loading's rules;
+    Infinity weights start stage 1 with a fresh transformation network); the tokenizer is frozen."""
+    from nsarm import loading
+
     mcfg = model_config(cfg.model)
     if mcfg.transform_net is None:
         raise ValueError(f"model preset {cfg.model!r} has no transformation network; NSARM training needs one")
     torch.manual_seed(cfg.seed)  # identical fresh init on every rank (DDP also broadcasts rank 0's weights)
-    if cfg.init_from and Path(cfg.init_from).is_dir():
-        from nsarm.checkpoints import load_checkpoint
-
-        model = load_checkpoint(cfg.init_from)
-        if model.tokenizer is None:
-            raise ValueError(f"init_from {cfg.init_from} holds no tokenizer weights; training needs the tokenizer")
-    elif cfg.init_from:
-        from nsarm.checkpoints import load_infinity, load_nsarm, read_state_dict
-
-        if not cfg.tokenizer_path:
-            raise ValueError(f"init_from {cfg.init_from} (official weights) needs tokenizer_path for the VAE")
-        # memory-mapped: listing the keys does not read an 8B checkpoint
-        if any(k.startswith("map_transformer.") for k in read_state_dict(cfg.init_from)):  # NSARM.pth
-            model = load_nsarm(cfg.init_from, mcfg, tokenizer_path=cfg.tokenizer_path)
-        else:  # the paper's starting point: Infinity weights + a fresh transformation network (stage 1)
-            from nsarm.tokenizer import load_tokenizer
-            from nsarm.transform_net import TransformNet
-
-            with torch.device("meta"):  # no random 8B transformer that the official weights would replace
-                model = NSARMModel(mcfg, with_tokenizer=False)
-            model.transformer = load_infinity(cfg.init_from, mcfg)
-            model.map_transformer = TransformNet(mcfg.transform_net)
-            model.tokenizer = load_tokenizer(cfg.tokenizer_path, mcfg.tokenizer)
-    else:
-        model = build_model(mcfg)
-        if cfg.tokenizer_path:
-            from nsarm.tokenizer import load_tokenizer
-
-            model.tokenizer = load_tokenizer(cfg.tokenizer_path, mcfg.tokenizer)
+    model = loading.load_model(cfg.model, cfg.init_from, cfg.tokenizer_path, infinity_ok=True)
     model.tokenizer.requires_grad_(False).eval()
     if cfg.stage == 1:
         model.transformer.requires_grad_(False)  # stage 1 trains the transformation network alone
-    text_encoder = build_text_encoder(cfg, mcfg) if cfg.stage == 2 or cfg.image_every else None
+    # frozen, on the CPU (its features are cached per caption); the tiny T5 is built once per process
+    text_encoder = loading.load_text_encoder(model.cfg, cfg.text_encoder_path) \
+        if cfg.stage == 2 or cfg.image_every else None
     return model.to(device), text_encoder
-
-
-def build_text_encoder(cfg: TrainConfig, mcfg):
-    if cfg.text_encoder_path:
-        return _text_encoder(cfg.text_encoder_path, 0)
-    if mcfg.text_encoder == "tiny-t5":
-        return _text_encoder(None, mcfg.transformer.text_channels)
-    raise ValueError(f"model {mcfg.name!r} uses text encoder {mcfg.text_encoder!r}: set text_encoder_path")
-
-
-@functools.lru_cache(maxsize=2)
-def _text_encoder(path: str | None, tiny_width: int):
-    # frozen and read-only: one per process (building the tiny T5 trains a BPE tokenizer, ~seconds)
-    from nsarm import text
-
-    return text.load_text_encoder(path) if path else text.build_tiny_text_encoder(d_model=tiny_width)
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -422,6 +360,20 @@ def restore(directory: Path, cfg: TrainConfig, stage_module: StageModule, traine
     stream.load_state_dict(state["data"][rank])
     st.set_rng_state(state["rng"][rank], generator)
     return int(state["step"])
+
+
+def export_training_checkpoint(checkpoint_dir: str | Path, uri: str) -> dict:
+    """Consolidate a (DDP) training checkpoint directory written by the loop into an export at `uri`."""
+    from nsarm.train.export import export_model
+
+    state = st.load_state(Path(checkpoint_dir))
+    if state["model"] is None:
+        raise ValueError(f"{checkpoint_dir} is a sharded (FSDP) checkpoint; export it from the training job")
+    cfg = TrainConfig.from_dict(state["train_config"])
+    model, text_encoder = build_models(cfg, torch.device("cpu"))
+    StageModule(model, cfg.stage).load_state_dict(state["model"])
+    return export_model(model, uri, text_encoder=text_encoder, extra={"train_config": cfg.to_dict(),
+                                                                      "step": state["step"]})
 
 
 # ------------------------------------------------------------------------------------------------ previews, hooks

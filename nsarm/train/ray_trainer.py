@@ -17,12 +17,9 @@ passes those variables and the region on to the workers (their export goes throu
 are each process's own AWS chain, or `worker_env={"AWS_ACCESS_KEY_ID": …, "AWS_SECRET_ACCESS_KEY": …}` for a
 cluster whose nodes have none (they then also travel inside the pickled storage filesystem).
 
-MLflow (when a tracking URI is given or $MLFLOW_TRACKING_URI is set): the driver creates one run per stage (its
-id is stored beside the checkpoints, so a rerun continues the same run) in the model-training experiment
-`nsarm-train`, logs every config as params and the dataset as the run's input (lineage); rank 0 logs
-losses/lr/throughput per step, system metrics and LR|SR|HR grids; at the end the driver logs the export as an MLflow
-pyfunc model of the run (nsarm/pyfunc.py: weights referenced by URI + sha256, not copied), registers it as a version
-of `nsarm` and moves the alias `stage{n}` to it.
+MLflow (when a tracking URI is given or $MLFLOW_TRACKING_URI is set): the driver creates one run per stage and, at
+the end, registers the export as a version of `nsarm` with the alias `stage{n}` (both in nsarm/train/registry.py);
+rank 0 logs losses/lr/throughput per step, system metrics and LR|SR|HR grids.
 
 Reruns change nothing that exists: the export path is named after the step count and the training config
 (`export/step000024-<hash>`), exports are write-once (export.py), and a version already registered from the same
@@ -36,22 +33,17 @@ step.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import tempfile
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 import fsspec
 
 from dataset import configs
 from nsarm.train.config import ScalingSpec, TrainConfig, scaling_for, train_config
-
-EXPERIMENT = "nsarm-train"
-REGISTERED_MODEL = "nsarm"
-RUN_ID_FILE = "mlflow_run_id.txt"
+from nsarm.train.data import dataset_label, dataset_version
+from nsarm.train.registry import EXPERIMENT, register_export, start_tracking
 
 
 class RayContext:
@@ -110,31 +102,10 @@ def default_storage(root: str) -> str:
     return str(Path(root.removeprefix("file://")).resolve().parent / "runs")
 
 
-def dataset_version(root: str) -> str:
-    """The manifest's content version, else a hash of the root URL (a dataset without manifest)."""
-    from dataset import contract
-
-    url = contract.manifest_path(root)
-    if contract.exists(url):
-        return str(contract.read_json(url).get("version"))
-    return hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:12]
-
-
 def _local_cache_dir(storage: str, name: str) -> str:
     if "://" in storage and not storage.startswith("file://"):
         return str(Path(tempfile.gettempdir()) / "nsarm-train-cache")
     return str(Path(storage.removeprefix("file://")) / "_cache")
-
-
-def _read_text(url: str) -> str | None:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.cat_file(path).decode().strip() if fs.exists(path) else None
-
-
-def _write_text(url: str, text: str) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, text.encode())
 
 
 # Non-secret S3 settings of the driver that every Ray Train worker gets too (set in its runtime env).
@@ -180,61 +151,6 @@ def _hooks_from_env(name: str) -> dict:
     if os.environ.get("NSARM_TRAIN_SAMPLE_LOG"):
         hooks["sample_log"] = os.environ["NSARM_TRAIN_SAMPLE_LOG"]
     return hooks
-
-
-def _start_tracking(cfg: TrainConfig, scaling: ScalingSpec, root: str, run_dir: str, name: str, preset: str,
-                    tracking_uri: str | None) -> str:
-    """Create (or find, on a rerun) the stage's MLflow run; log configs, dataset lineage. Returns the run id."""
-    from dataset import contract
-    from nsarm import tracking
-    from nsarm.model import model_config
-
-    tracking.mark_model_training(EXPERIMENT, tracking_uri)
-    id_url = f"{run_dir}/{RUN_ID_FILE}"
-    run_id = _read_text(id_url)
-    if run_id and tracking.run_exists(run_id, tracking_uri):
-        return run_id
-    version = dataset_version(root)
-    run_id = tracking.create_run(EXPERIMENT, run_name=name, tracking_uri=tracking_uri,
-                                 tags={"nsarm.stage": str(cfg.stage), "nsarm.preset": preset,
-                                       "nsarm.dataset_version": version, "nsarm.run_dir": run_dir})
-    with tracking.start_run(EXPERIMENT, run_id=run_id, tracking_uri=tracking_uri):
-        tracking.log_params({"train": cfg.to_dict(), "model": model_config(cfg.model).to_dict(),
-                             "scaling": asdict(scaling), "dataset": {"root": root, "version": version}})
-        manifest = contract.manifest_path(root)
-        if contract.exists(manifest):
-            tracking.log_dataset(contract.read_json(manifest), manifest, context="training", details=False)
-    _write_text(id_url, run_id)
-    return run_id
-
-
-def register_export(export: dict, run_id: str, stage: int, tracking_uri: str | None,
-                    aliases: tuple[str, ...] = (), preset: str = "", dataset: str = "") -> str:
-    """Register an export as a version of `nsarm`, once: the export is logged as an MLflow pyfunc model of the run
-    (the version's source) and its export.json as `model-pointer/stage{n}`; the tags carry the checkpoint URI +
-    sha256. A version already registered from this run with this sha256 is returned instead of a new one. Moves
-    each alias (default `stage{n}`) to the version."""
-    from nsarm import pyfunc, tracking
-    from nsarm.train.registry import version_description
-
-    tags = {"checkpoint_uri": export["uri"], "sha256": export["sha256"], "official_uri": export["official"],
-            "official_sha256": export["official_sha256"], "stage": stage, "step": export.get("step", ""),
-            "preset": preset, "dataset": dataset}
-    version = tracking.find_model_version(REGISTERED_MODEL, run_id, {"sha256": export["sha256"],
-                                                                     "checkpoint_uri": export["uri"]}, tracking_uri)
-    if version is None:
-        with tempfile.TemporaryDirectory() as tmp, \
-                tracking.start_run(EXPERIMENT, run_id=run_id, tracking_uri=tracking_uri):
-            p = Path(tmp) / "export.json"
-            p.write_text(json.dumps(export, indent=2, default=str))
-            tracking.log_artifact(p, f"model-pointer/stage{stage}")
-            info = pyfunc.log_export(export, f"nsarm-stage{stage}", run_id, tags=tags)
-        version = tracking.register_model_version(REGISTERED_MODEL, source=info.model_uri, run_id=run_id,
-                                                  model_id=info.model_id, tags=tags, tracking_uri=tracking_uri,
-                                                  description=version_description(tags))
-    for alias in aliases or (f"stage{stage}",):
-        tracking.set_model_alias(REGISTERED_MODEL, alias, version, tracking_uri)
-    return version
 
 
 def export_name(cfg: TrainConfig) -> str:
@@ -283,7 +199,7 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
     if storage_fs is None:
         Path(storage_path_in_fs).mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    run_id = _start_tracking(cfg, scaling, root, run_dir, name, preset, tracking_uri) if tracking_uri else None
+    run_id = start_tracking(cfg, scaling, root, run_dir, name, preset, tracking_uri) if tracking_uri else None
     cache = _local_cache_dir(storage, name)
     export_uri = f"{run_dir}/export/{export_name(cfg)}"
     config = {"train": cfg.to_dict(), "root": root, "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
@@ -321,7 +237,7 @@ def run_stage(root: str, preset: str = "tiny", stage: int = 1, num_workers: int 
            "tracking_uri": tracking_uri}
     if run_id and register:
         out["model_version"] = register_export(export, run_id, stage, tracking_uri, preset=preset,
-                                               dataset=_dataset_label(root))
+                                               dataset=dataset_label(root))
     return out
 
 
@@ -332,15 +248,6 @@ def _watch_progress(label: str, run_id: str | None, tracking_uri: str | None, st
     from nsarm.train.progress import TrainProgress
 
     return TrainProgress(label, run_id, tracking_uri, steps, num_workers)
-
-
-def _dataset_label(root: str) -> str:
-    """`name@version (root)` of a dataset root, for the model version's page."""
-    from dataset import contract
-
-    url = contract.manifest_path(root)
-    manifest = contract.read_json(url) if contract.exists(url) else {}
-    return f"{manifest.get('name', 'dataset')}@{manifest.get('version', dataset_version(root))} ({root})"
 
 
 def _checkpoint_uri(storage: str, checkpoint) -> str | None:

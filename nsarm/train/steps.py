@@ -20,6 +20,7 @@ are discarded at inference. The loss reaches the map net through the quantised c
     z_hr, z_lr = encode_pair(tokenizer, hr_B3HW, lr_B3hw)
     out = stage1_loss(map_net, z_lr, z_hr, vae_grids, k_t)
     out = stage2_loss(transformer, map_net, z_lr, z_hr, text, grids, patch, Stage2Options(...), generator)
+    loss, stats = StageModule(model, stage)(z_lr, z_hr, text, grids, patch, opts, generator)   # what DDP/FSDP wrap
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from nsarm.model import NSARMModel
 from nsarm.scales import bit_labels, cascade_modify, decompose, scale_loss_weights, transformer_inputs
 from nsarm.transform_net import flatten_target
 from nsarm.transformer import PackedText
@@ -137,3 +140,27 @@ def stage2_loss(transformer, map_net, z_lr: torch.Tensor, z_hr: torch.Tensor, te
                  "bit_acc_last": float(correct_BL[:, -grids[-1][0] * grids[-1][1]:].mean()),
                  "caption_drop": float(uncond_B.float().mean())}
     return StepOutput(loss, stats)
+
+
+class StageModule(nn.Module):
+    """What one stage trains, as one module (DDP/FSDP wrap it): the map net, plus the transformer in stage 2; its
+    forward is the stage's loss."""
+
+    def __init__(self, model: NSARMModel, stage: int):
+        super().__init__()
+        self.stage = stage
+        self.model_config = model.cfg.to_dict()  # saved in every checkpoint beside the weights
+        self.map_transformer = model.map_transformer
+        self.transformer = model.transformer if stage == 2 else None
+
+    def forward(self, z_lr, z_hr, text, grids, patch, opts: Stage2Options, generator):
+        if self.stage == 1:
+            vae_grids = [(h * patch, w * patch) for h, w in grids]
+            out = stage1_loss(self.map_transformer, z_lr, z_hr, vae_grids, opts.k_t, opts.down, opts.up)
+        else:
+            out = stage2_loss(self.transformer, self.map_transformer, z_lr, z_hr, text, grids, patch, opts, generator)
+            # Every rank gives every trained parameter a gradient (0 here when no caption was dropped): FSDP
+            # reduce-scatters only parameters that have one, so a rank without a dropped caption would send a smaller
+            # buffer than one with (gloo: "Received data size doesn't match expected size"). DDP gets the same zeros.
+            return out.loss + 0.0 * self.transformer.cfg_uncond.sum(), out.stats
+        return out.loss, out.stats

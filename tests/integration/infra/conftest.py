@@ -158,7 +158,7 @@ def multinode_stack(mlflow_postgres_s3):
     """Two Ray nodes on this machine: `nsarm stack up` (Prefect, Ray head with 1 CPU, the deployments server) with
     MLflow on PostgreSQL + moto S3, then `add_node` joins a second 1-CPU node with its own resource. On teardown
     the stack goes down and the fixture fails if any process of it (nodes included) survives."""
-    from nsarm import stack, stack_nodes
+    from nsarm import processes, stack, stack_nodes
 
     # a short path: Ray's unix sockets live under <state>/ray/session_<timestamp>/sockets (AF_UNIX limit 107 bytes)
     state = Path(tempfile.mkdtemp(prefix="nsarm-mn-"))
@@ -182,7 +182,7 @@ def multinode_stack(mlflow_postgres_s3):
             # 10 s, not Ray's 30 s drain: nothing of this throw-away cluster needs a graceful exit
             stack.down(cfg, echo=lambda *_: None, timeout=10)
             time.sleep(1)
-            leftover = [p for p in pids if stack._alive(p)]
+            leftover = [p for p in pids if processes.alive(p)]
             if not leftover:
                 shutil.rmtree(state, ignore_errors=True)
             assert not leftover, f"multi-node stack processes still alive after down: {leftover}"

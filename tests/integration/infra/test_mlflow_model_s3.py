@@ -35,7 +35,7 @@ def test_upscale_with_registered_model_from_s3(mlflow_postgres_s3, moto_s3, samp
     from nsarm.model import build_model
     from nsarm.text import build_tiny_text_encoder
     from nsarm.train.export import export_model
-    from nsarm.train.ray_trainer import EXPERIMENT, register_export
+    from nsarm.train.registry import EXPERIMENT, register_export
 
     srv = mlflow_postgres_s3
     bucket = f"nsarm-exports-{uuid.uuid4().hex[:8]}"

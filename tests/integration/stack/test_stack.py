@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from nsarm import stack
+from nsarm import processes, stack
 from tests.conftest import free_port, prefect_api, run_deployment_cli, stack_processes
 
 pytestmark = pytest.mark.integration
@@ -250,4 +250,4 @@ def test_failed_later_service_stops_what_this_call_started(tmp_path, monkeypatch
     assert f"127.0.0.1:{port}" in msg and "mlflow" in msg
     assert "stopped what this call started: prefect (stopped)" in msg
     assert stack.read_pid(cfg, "prefect") is None and not (tmp_path / "pids" / "prefect.pid").exists()
-    assert stack.port_owner(cfg.prefect_port) is None
+    assert processes.port_owner(cfg.prefect_port) is None

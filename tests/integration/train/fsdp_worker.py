@@ -26,7 +26,7 @@ def _sharded(bf16: bool, seed: int):
     from nsarm.model import build_model
     from nsarm.train.config import train_config
     from nsarm.train.fsdp import shard_stage_module
-    from nsarm.train.loop import StageModule
+    from nsarm.train.steps import StageModule
 
     cfg = train_config("tiny", 2, strategy="fsdp", bf16=bf16, activation_checkpointing=True)
     torch.manual_seed(seed)

@@ -35,7 +35,7 @@ def registered(mlflow_server, tmp_path_factory):
     from nsarm.model import build_model
     from nsarm.text import build_tiny_text_encoder
     from nsarm.train.export import export_model
-    from nsarm.train.ray_trainer import EXPERIMENT, register_export
+    from nsarm.train.registry import EXPERIMENT, register_export
 
     torch.manual_seed(0)
     export = export_model(build_model("tiny"), str(tmp_path_factory.mktemp("export") / "step000006-test"),
@@ -115,7 +115,7 @@ def test_version_references_weights_and_reads_well(registered):
 def test_registering_again_reuses_the_version(registered):
     import mlflow
 
-    from nsarm.train.ray_trainer import register_export
+    from nsarm.train.registry import register_export
 
     client = mlflow.MlflowClient(registered["uri"])
     before = client.search_model_versions("name='nsarm'")
@@ -132,7 +132,7 @@ def test_missing_or_changed_weights_fail_the_load_naming_the_file(registered, tm
 
     from nsarm import tracking
     from nsarm.train.export import ExportError
-    from nsarm.train.ray_trainer import register_export
+    from nsarm.train.registry import register_export
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered["uri"])
     src = Path(registered["export"]["uri"])

@@ -17,7 +17,8 @@ def test_two_stages_learn_and_are_tracked(ray_local, train_root, run_storage, ml
     from nsarm import tracking
     from nsarm.checkpoints import load_checkpoint
     from nsarm.train.export import sha256_file
-    from nsarm.train.ray_trainer import REGISTERED_MODEL, run_stage
+    from nsarm.train.ray_trainer import run_stage
+    from nsarm.train.registry import REGISTERED_MODEL
 
     root = train_root["root"]
     over = {"steps": 24, "checkpoint_every": 12, "image_every": 12, "log_every": 1}

@@ -34,8 +34,9 @@ STAGE_STEPS = 60  # stage 1 and stage 2 each, batch 4
 
 
 def test_tiny_model_beats_bicubic_on_held_out_photos(degraded_root, tmp_path):
+    from nsarm.eval.holdout import evaluate_export, tokenizer_ceiling
     from nsarm.train.config import train_config
-    from nsarm.train.holdout import evaluate_export, tokenizer_ceiling, warm_up_tokenizer
+    from nsarm.train.holdout import warm_up_tokenizer
     from nsarm.train.loop import LocalContext, LoopOptions, train_stage
 
     root = degraded_root["root"]

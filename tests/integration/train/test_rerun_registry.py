@@ -21,7 +21,8 @@ def test_rerun_registers_nothing_and_rewrites_no_export(ray_local, train_root, t
 
     from nsarm import tracking
     from nsarm.train.export import sha256_file
-    from nsarm.train.ray_trainer import EXPERIMENT, REGISTERED_MODEL, run_stage
+    from nsarm.train.ray_trainer import run_stage
+    from nsarm.train.registry import EXPERIMENT, REGISTERED_MODEL
 
     client = mlflow.MlflowClient(mlflow_server)
     root, storage = train_root["root"], str(tmp_path / "runs")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from nsarm import stack, stack_nodes
+from nsarm import processes, stack, stack_nodes
 from nsarm.stack import StackConfig, StackError
 
 
@@ -66,13 +66,13 @@ def test_add_node_errors(tmp_path):
 
 def _fake_node(cfg, name: str, script: str) -> int:
     """A process group registered exactly as add_node registers a node (shell + a child, own session)."""
-    svc = stack.Service(f"{stack_nodes.NODE_PREFIX}{name}", ["bash", "-c", script], None, ())
-    pid = stack._start(cfg, svc)
-    record = json.loads(stack._pid_file(cfg, svc.name).read_text())
-    stack._pid_file(cfg, svc.name).write_text(json.dumps({**record, "name": name, "num_cpus": 1,
+    svc = processes.Service(processes.node_file_name(name), ["bash", "-c", script], None, ())
+    pid = processes.start(cfg, svc)
+    record = json.loads(processes.pid_file(cfg, svc.name).read_text())
+    processes.pid_file(cfg, svc.name).write_text(json.dumps({**record, "name": name, "num_cpus": 1,
                                                           "resources": {"nsarm_node_" + name: 1.0}}))
     deadline = time.monotonic() + 10
-    while len(stack.group_members(pid)) < 2 and time.monotonic() < deadline:  # wait for the child
+    while len(processes.group_members(pid)) < 2 and time.monotonic() < deadline:  # wait for the child
         time.sleep(0.05)
     return pid
 
@@ -81,7 +81,7 @@ def test_status_remove_and_kill(tmp_path):
     cfg = _cfg(tmp_path)
     polite = _fake_node(cfg, "n2", "sleep 300 & wait")
     stubborn = _fake_node(cfg, "n3", "trap '' TERM; sleep 300 & wait")
-    members = stack.group_members(polite) | stack.group_members(stubborn)
+    members = processes.group_members(polite) | processes.group_members(stubborn)
     report = stack_nodes.node_status(cfg)
     assert list(report) == ["n2", "n3"]
     assert report["n2"] == {"state": "running", "pid": polite, "num_cpus": 1, "resources": {"nsarm_node_n2": 1.0}}
@@ -96,22 +96,22 @@ def test_status_remove_and_kill(tmp_path):
     assert stack_nodes.remove_node(cfg, "n3", grace_s=0.5, echo=lambda *_: None) == "killed"
     assert time.monotonic() - t0 < 10
     assert stack_nodes.node_status(cfg) == {}
-    assert not [p for p in members if stack._alive(p)]
+    assert not [p for p in members if processes.alive(p)]
 
 
 def test_crashed_node_shows_stopped_and_down_stops_the_rest(tmp_path):
     cfg = _cfg(tmp_path)
     crashed = _fake_node(cfg, "n2", "sleep 300 & wait")
     alive = _fake_node(cfg, "n3", "sleep 300 & wait")
-    members = stack.group_members(alive)
+    members = processes.group_members(alive)
     os.killpg(crashed, 9)
     deadline = time.monotonic() + 5
-    while stack._alive(crashed) and time.monotonic() < deadline:
+    while processes.alive(crashed) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert {n: r["state"] for n, r in stack_nodes.node_status(cfg).items()} == {"n2": "stopped", "n3": "running"}
     result = stack.down(cfg, echo=lambda *_: None, timeout=10)
     assert result == {name: "not running" for name in ("deployments", "ray", "mlflow", "prefect")}
-    assert stack_nodes.node_status(cfg) == {} and not [p for p in members if stack._alive(p)]
+    assert stack_nodes.node_status(cfg) == {} and not [p for p in members if processes.alive(p)]
 
 
 def test_cli_errors_exit_1_and_name_the_input(tmp_path):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from nsarm import stack
+from nsarm import processes, stack
 from nsarm.stack import StackConfig, StackError
 
 
@@ -74,9 +74,9 @@ def test_state_dir_made_private_and_secrets_written_once(tmp_path):
 def test_service_logs_and_files_they_create_are_private(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
     stack.make_private(cfg)
-    svc = stack.Service("probe", [sys.executable, "-c", "open('made.txt', 'w').write('x')"], None, ())
+    svc = processes.Service("probe", [sys.executable, "-c", "open('made.txt', 'w').write('x')"], None, ())
     monkeypatch.chdir(tmp_path)
-    pid = stack._start(cfg, svc)
+    pid = processes.start(cfg, svc)
     os.waitpid(pid, 0)
     assert (tmp_path / "made.txt").stat().st_mode & 0o777 == 0o600  # umask 077
     assert (tmp_path / "logs" / "probe.log").stat().st_mode & 0o777 == 0o600

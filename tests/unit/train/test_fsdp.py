@@ -27,8 +27,7 @@ def test_fsdp_step_save_load_and_consolidate(one_rank_group, tmp_path):
     from nsarm.scales import get_schedule
     from nsarm.train.config import train_config
     from nsarm.train.fsdp import consolidated_model, load_sharded, save_sharded, shard_stage_module
-    from nsarm.train.loop import StageModule
-    from nsarm.train.steps import Stage2Options
+    from nsarm.train.steps import Stage2Options, StageModule
     from nsarm.transformer import PackedText
 
     device = torch.device(one_rank_group)
@@ -66,8 +65,7 @@ def test_blocks_compiled_inside_fsdp_units_keep_keys_loss_and_gradients(one_rank
     from nsarm.scales import get_schedule
     from nsarm.train.config import train_config
     from nsarm.train.fsdp import consolidated_model, shard_stage_module
-    from nsarm.train.loop import StageModule
-    from nsarm.train.steps import Stage2Options
+    from nsarm.train.steps import Stage2Options, StageModule
     from nsarm.transformer import PackedText
 
     device = torch.device(one_rank_group)

@@ -9,7 +9,8 @@ import torch
 
 from nsarm.train import state as st
 from nsarm.train.config import train_config
-from nsarm.train.loop import LocalContext, LoopOptions, StageModule, build_models, train_stage
+from nsarm.train.loop import LocalContext, LoopOptions, build_models, train_stage
+from nsarm.train.steps import StageModule
 
 
 def _run(root, run_dir, latent_cache, steps, log, **kw):
