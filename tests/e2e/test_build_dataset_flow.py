@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import prefect_api, run_deployment_cli
+from tests.support.stack import prefect_api, run_deployment_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BIN = Path(sys.executable).parent
