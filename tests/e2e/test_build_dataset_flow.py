@@ -58,7 +58,7 @@ def test_build_dataset_deployment_completes_and_honours_contract(built_dataset, 
 
         captions = pq.read_table(contract.caption_parquet(str(root), cap_hash, shard)).to_pydict()
         assert sorted(captions["key"]) == sorted(k for k, _, _ in hr)
-        assert all("photo" in c or "photograph" in c for c in captions["caption"])  # the Unsplash descriptions
+        assert all("photo" in c for c in captions["caption"])  # the Unsplash descriptions
 
 
 def test_build_dataset_is_visible_in_mlflow_and_prefect(built_dataset, embedded_stack):
