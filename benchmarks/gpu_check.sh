@@ -46,7 +46,7 @@ if [[ "$MODE" == "gpu" ]]; then
   "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
     echo "no CUDA device visible to $PY; use --cpu for the dry mode" >&2; exit 1; }
   TESTS=(-m gpu tests/unit/model/test_transformer.py tests/unit/model/test_training_kernels.py
-         tests/unit/model_core/test_tokenizer_train.py tests/unit/train/test_fsdp.py)
+         tests/unit/model/test_tokenizer_train.py tests/unit/train/test_fsdp.py)
   # full-depth Infinity-2B on the 512² schedule: plain (the 19.3 % baseline), then FlexAttention + per-block compile
   TRAIN_BASE=(--repeats 3 --batch 2 --depth-2b 32 --pn-2b 0.25M --no-tiny)
   TRAIN_FAST=("${TRAIN_BASE[@]}" --attention flex --compile)

@@ -1,12 +1,12 @@
 """Shared pytest fixtures: bundled real photos, a local photo HTTP server, a local Ray cluster, a moto S3 server.
 
-Service fixtures are session-scoped so the suite starts each service at most once (2-core CI budget).
+Service fixtures are session-scoped so the suite starts each service at most once (2-core CI budget). Fixtures only:
+the helpers tests import are in tests/support/.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from nsarm.compat import ensure_torchvision_importable
+from tests.support.services import free_port, stop_group, wait_http
+from tests.support.stack import stack_processes
 
 # pytest is an entry point: tests import torchvision, BasicSR, pyiqa and lpips themselves (nsarm/compat.py)
 ensure_torchvision_importable()
@@ -36,27 +38,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
@@ -147,16 +128,6 @@ def s3_bucket(moto_s3):
     return f"s3://{name}"
 
 
-def stack_processes(cfg) -> set[int]:
-    """PIDs of every process in the process groups of the stack's recorded services and extra Ray nodes."""
-    from nsarm import processes, stack
-
-    names = [svc.name for svc in stack.services(cfg)] + [processes.node_file_name(n)
-                                                          for n in processes.node_names(cfg)]
-    groups = {pid for name in names if (pid := processes.read_pid(cfg, name))}
-    return set().union(*(processes.group_members(g) for g in groups))
-
-
 @pytest.fixture(scope="session")
 def embedded_stack(tmp_path_factory):
     """The real embedded stack (`nsarm stack up`) on free ports with a temp state dir, for the whole session.
@@ -183,50 +154,6 @@ def embedded_stack(tmp_path_factory):
         assert not leftover, f"stack processes still alive after down: {leftover}"
 
 
-TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-
-def submit_deployment(cfg, name: str, params: dict | None = None) -> str:
-    """`prefect deployment run NAME -p k=v …` as a user types it, from another process, against the stack `cfg`,
-    without waiting; returns the flow run id."""
-    import json
-    import re
-
-    args = [str(Path(sys.executable).parent / "prefect"), "deployment", "run", name]
-    for k, v in (params or {}).items():
-        args += ["-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
-    out = subprocess.run(args, env={**os.environ, **cfg.client_env()}, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout).group(1)
-
-
-def prefect_api(cfg):
-    """A requests.Session for the stack's Prefect REST API with its auth header and CSRF token."""
-    from nsarm import stack
-
-    return stack.prefect_session(cfg)
-
-
-def flow_run(cfg, run_id: str) -> dict:
-    return prefect_api(cfg).get(f"{cfg.prefect_url}/flow_runs/{run_id}", timeout=10).json()
-
-
-def wait_flow_run(cfg, run_id: str, timeout: float) -> dict:
-    """Poll the Prefect API until the flow run is terminal; returns its JSON."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = flow_run(cfg, run_id)
-        if run["state"]["type"] in TERMINAL_STATES:
-            return run
-        time.sleep(1)
-    raise TimeoutError(f"flow run {run_id} not terminal after {timeout:.0f} s")
-
-
-def run_deployment_cli(cfg, name: str, params: dict | None = None, timeout: float = 900) -> dict:
-    """submit_deployment, then wait until the flow run is terminal. Returns the flow run JSON."""
-    return wait_flow_run(cfg, submit_deployment(cfg, name, params), timeout)
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend store, served artifacts) on a free 127.0.0.1 port for the session;
@@ -246,13 +173,7 @@ def mlflow_server(tmp_path_factory):
         wait_http(uri + "/health", timeout=120)
         yield uri
     finally:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, grace=30)
         log.close()
 
 

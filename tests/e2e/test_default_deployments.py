@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import flow_run, prefect_api, run_deployment_cli
+from tests.support.stack import flow_run, prefect_api, run_deployment_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 PREFECT = str(Path(sys.executable).parent / "prefect")

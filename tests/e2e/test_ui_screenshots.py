@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import prefect_api, run_deployment_cli
+from tests.support.stack import prefect_api, run_deployment_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.last]
 
@@ -158,7 +158,7 @@ def test_ray_jobs_page_lists_the_flows_jobs(shots, embedded_stack):
 def test_unanswering_ui_is_a_clear_error(tmp_path):
     _need_browser()
     from nsarm.screenshots import Page, ScreenshotError, capture
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     url = f"http://127.0.0.1:{free_port()}/#/jobs"
     with pytest.raises(ScreenshotError, match=re.escape(url)):

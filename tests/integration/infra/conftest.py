@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from infra_services import NODE_RESOURCE, free_port, stop_group, wait_healthy
 
-from tests.conftest import stack_processes
+from tests.support.services import free_port, stop_group, wait_healthy
+from tests.support.stack import NODE_RESOURCE, stack_processes
 
 REPO = Path(__file__).resolve().parents[3]
 START_MLFLOW = REPO / "infra" / "mlflow" / "start-mlflow.sh"

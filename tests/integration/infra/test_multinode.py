@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from infra_services import NODE_RESOURCE
 
 from nsarm import stack_nodes
 from nsarm.stack_nodes import ray_state
-from tests.conftest import flow_run, submit_deployment, wait_flow_run
+from tests.support.stack import NODE_RESOURCE, flow_run, submit_deployment, wait_flow_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 BIN = Path(sys.executable).parent

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from infra_services import free_port, stop_group, wait_healthy
+
+from tests.support.services import free_port, stop_group, wait_healthy
 
 # slow: a fresh Prefect server migrates its SQLite database on start (10–60 s on a shared 2-core box).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from nsarm import processes, stack
-from tests.conftest import free_port, prefect_api, run_deployment_cli, stack_processes
+from tests.support.services import free_port
+from tests.support.stack import prefect_api, run_deployment_cli, stack_processes
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

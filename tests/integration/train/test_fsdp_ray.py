@@ -16,7 +16,7 @@ import torch
 
 pytestmark = pytest.mark.integration
 
-WORKER = Path(__file__).with_name("fsdp_worker.py")
+WORKER = Path(__file__).resolve().parents[2] / "support" / "fsdp_worker.py"
 # Measured 2026-11-25: fp32 FSDP and DDP losses are bitwise equal at all 4 steps on both ranks (same fp32 kernels on
 # the same gathered weights; with 2 ranks the gradient sum a+b does not depend on the reduction order; activation
 # checkpointing recomputes exactly). 1e-6 relative (~8 fp32 ulps) allows for reduction-order changes on other

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

@@ -12,14 +12,16 @@ The comparison itself is the strict one: the same held-out photos (camera, moon:
 model), PSNR-Y (BasicSR, BT.601 Y) of the full 256² images for both methods, bicubic ×4 of the same LR.
 Every step is capped by optimiser steps, not seconds, so the result does not depend on machine load.
 
-Status (measured 2026-11-25, this exact test): the claim is NOT met, so only the last comparison xfails
-(imperatively, with the numbers); the setting checks above it stay strict. Held-out PSNR-Y: model 22.16 dB
-(SSIM 0.618; 22.11 dB in CI after the DropPath RNG change) vs bicubic 24.21 dB (SSIM 0.582). On an H100 the same pipeline ran 22 times over variants (codebook_dim 8/12/16,
+What it guards (measured 2026-11-25, this exact test): the tiny model does NOT beat bicubic in PSNR, and the test
+says so instead of xfailing: it asserts the model lands within GAP_DB of bicubic, far above a flat grey image, which
+a broken stage (no learning, wrong LR, mismatched tokenizer) does not reach. Held-out PSNR-Y: model 22.16 dB
+(SSIM 0.618; 22.11 dB in CI after the DropPath RNG change) vs bicubic 24.21 dB (SSIM 0.582); a flat grey image
+11.7 / 22.9 dB (camera / moon). On an H100 the same pipeline ran 22 times over variants (codebook_dim 8/12/16,
 128² tokenizer crops, wider/deeper transformer, 2.5× tokenizer and 5× stage steps, tokenizer width 64, tau 0.1, 6× the
-training data): means 19.5-23.1 dB, none reached bicubic. The model beats bicubic on moon (by up to 2.1 dB) and loses
-on camera in every variant (by 4-7.5 dB): every wrong bit of a bitwise generative model adds a full-size residual,
-and camera's heavy degradation leaves the tiny model guessing. Table: benchmarks/RESULTS.md "Tokenizer";
-rerun: benchmarks/tiny_quality.py.
+training data): means 19.5-23.1 dB (21.3 for this exact config), none reached bicubic. The model beats bicubic on moon
+(by up to 2.1 dB) and loses on camera in every variant (by 4-7.5 dB): every wrong bit of a bitwise generative model
+adds a full-size residual, and camera's heavy degradation leaves the tiny model guessing. Table:
+benchmarks/RESULTS.md "Tokenizer"; rerun: benchmarks/tiny_quality.py.
 CPU time 414 s (≈ 3.5-4 min wall on an idle 2-core box; 20 min on the shared, loaded one).
 """
 
@@ -31,9 +33,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOKENIZER_STEPS = 400  # warm-up of the tiny tokenizer (WARM_UP_RECIPE in nsarm/train/holdout.py)
 STAGE_STEPS = 60  # stage 1 and stage 2 each, batch 4
+# How far below bicubic the model may land: measured 2.05-2.10 dB on CPU and 2.9 dB on an H100 for this config (runs
+# of one config vary by up to ±2 dB, see above); a model that learned nothing scores ~7 dB below (flat grey, 17.3 dB).
+GAP_DB = 4.0
 
 
-def test_tiny_model_beats_bicubic_on_held_out_photos(degraded_root, tmp_path):
+def test_tiny_model_gets_within_4_db_of_bicubic_on_degraded_held_out_photos(degraded_root, tmp_path):
     from nsarm.eval.holdout import evaluate_export, tokenizer_ceiling
     from nsarm.train.config import train_config
     from nsarm.train.holdout import warm_up_tokenizer
@@ -54,6 +59,4 @@ def test_tiny_model_beats_bicubic_on_held_out_photos(degraded_root, tmp_path):
     assert scores["keys"] == ["camera", "moon"], report
     # The comparison is sane and the LR really is degraded: bicubic of a clean LR scores 31.5 dB on these photos.
     assert 20 < scores["bicubic"]["psnr"] < 28, report
-    if scores["model"]["psnr"] <= scores["bicubic"]["psnr"]:
-        pytest.xfail(f"tiny tokenizer ceiling (held-out {ceiling['held_out_mean']:.2f} dB from its own bits) is below "
-                     f"bicubic; model {scores['model']['psnr']:.2f} dB vs bicubic {scores['bicubic']['psnr']:.2f} dB")
+    assert scores["model"]["psnr"] > scores["bicubic"]["psnr"] - GAP_DB, report

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from infra_files import ENV_EXAMPLE, LAUNCHER, PREFECT, REPO, parse_env_file
+
+from tests.support.infra_files import ENV_EXAMPLE, LAUNCHER, PREFECT, REPO, parse_env_file
 
 
 @pytest.fixture(scope="session")

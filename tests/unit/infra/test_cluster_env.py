@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from infra_files import ENV_EXAMPLE, INFRA, LAUNCHER, REPO, START_MLFLOW, parse_env_file
+
+from tests.support.infra_files import ENV_EXAMPLE, INFRA, LAUNCHER, REPO, START_MLFLOW, parse_env_file
 
 PACKAGES = ("nsarm", "dataset", "degradation", "captioning", "flows")
 SERVICE_VARS = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from infra_files import (
+
+from tests.support.infra_files import (
     CONSTRAINTS,
     ENV_EXAMPLE,
     INFRA,

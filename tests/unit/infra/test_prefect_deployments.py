@@ -12,7 +12,18 @@ import re
 import shlex
 
 import pytest
-from infra_files import DOCKERFILE, LAUNCHER, RAYCLUSTER, RAYJOB, REPO, WORK_POOL, containers, load_docs, one
+
+from tests.support.infra_files import (
+    DOCKERFILE,
+    LAUNCHER,
+    RAYCLUSTER,
+    RAYJOB,
+    REPO,
+    WORK_POOL,
+    containers,
+    load_docs,
+    one,
+)
 
 FLOWS = {"build-dataset": "build_dataset", "train-nsarm": "train_nsarm"}  # deployment flow name → function
 TOTAL_GPUS = 16

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 
-from infra_files import CONSTRAINTS, DOCKERFILE, REPO
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from tests.support.infra_files import CONSTRAINTS, DOCKERFILE, REPO
 
 DOCKER = DOCKERFILE.read_text()
 # Comments dropped and continuation lines joined: one instruction per line.

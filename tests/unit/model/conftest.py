@@ -1,4 +1,5 @@
-"""Fixtures of the model tests: a fast tiny NSARM (slimmer tokenizer than the `tiny` preset) and the tiny T5."""
+"""Fixtures of the model tests (model core: bits, scales, tokenizer; the whole model): one torch thread per test, a
+fast tiny NSARM (slimmer tokenizer than the `tiny` preset) and the tiny T5."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import torch
 
 from nsarm.config import TOKENIZER_PRESETS
 from nsarm.model import MODEL_PRESETS, build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs with one torch thread (tests/conftest.py `one_torch_thread`)."""
 
 
 def fast_tiny_config():

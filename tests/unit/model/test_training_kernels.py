@@ -11,7 +11,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from nsarm import attention
 from nsarm.attention import attend, block_causal_mask, flex_block_causal_mask, self_attention_mask
 from nsarm.transformer import PackedText
-from tests.unit.model.test_transformer import _tiny
+from tests.support.tiny_models import tiny_transformer
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6)]  # 57 tokens: not a multiple of FlexAttention's 128-token tiles
 
@@ -50,7 +50,7 @@ def test_flex_mask_only_under_the_flex_backend_and_sdpa_fallback_for_cpu_gradien
 
 def test_flex_teacher_forcing_matches_sdpa_logits_and_keys(flex_backend):
     g = torch.Generator().manual_seed(1)
-    model = _tiny()
+    model = tiny_transformer()
     text, x = _inputs(model, g)
     with torch.no_grad():
         attention.set_backend("sdpa")
@@ -63,13 +63,13 @@ def test_flex_teacher_forcing_matches_sdpa_logits_and_keys(flex_backend):
     logits.sum().backward()
     assert model.block_chunks[0].module[0].sa.mat_qkv.weight.grad.abs().sum() > 0
     torch.testing.assert_close(logits.detach(), want, atol=1e-5, rtol=1e-5)
-    assert list(_tiny().state_dict()) == list(model.state_dict())  # flex adds no module, buffer or key
+    assert list(tiny_transformer().state_dict()) == list(model.state_dict())  # flex adds no module, buffer or key
 
 
 def test_compiled_blocks_keep_keys_and_logits():
     """Per-block compile in place: same state-dict keys as the release layout, same logits and gradients (CPU)."""
     g = torch.Generator().manual_seed(2)
-    eager, compiled = _tiny(), _tiny()
+    eager, compiled = tiny_transformer(), tiny_transformer()
     keys = list(eager.state_dict())
     compiled.compile_blocks(dynamic=False)
     assert list(compiled.state_dict()) == keys
@@ -88,7 +88,7 @@ def test_self_attention_gate_is_bf16_under_autocast_as_released():
     """Under bf16 autocast the gated self-attention branch stays bf16 (`x_sa.mul_(gamma1)` in the release) while the
     residual stream stays fp32; the logits stay within bf16 tolerance of the fp32 forward."""
     g = torch.Generator().manual_seed(3)
-    model = _tiny()
+    model = tiny_transformer()
     text, x = _inputs(model, g)
     seen = []
     hooks = [blk.drop_path.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
@@ -111,7 +111,7 @@ def test_text_side_and_input_embedding_stay_fp32_under_autocast_as_released():
     """The release's trainer runs text projections, the shared AdaLN and the word embedding with autocast off, and
     its sampler the shared AdaLN: under bf16 autocast these equal the fp32 computation bit for bit."""
     g = torch.Generator().manual_seed(5)
-    model = _tiny()
+    model = tiny_transformer()
     text, x = _inputs(model, g)
     seen = {}
 
@@ -146,7 +146,7 @@ def test_flex_training_step_matches_sdpa_on_gpu(flex_backend):
     runs = {}
     for backend in ("sdpa", "flex"):
         attention.set_backend(backend)
-        model = _tiny().cuda()
+        model = tiny_transformer().cuda()
         text, x = _inputs(model, torch.Generator().manual_seed(4))
         text = PackedText(text.features_NT.cuda(), text.lens_B)
         mask = self_attention_mask([h * w for h, w in SCHEDULE], torch.device("cuda"), needs_grad=True)

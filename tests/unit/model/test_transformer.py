@@ -8,6 +8,7 @@ import torch
 from nsarm.attention import attend, block_causal_mask
 from nsarm.rope import apply_rope, rope_angles, rope_positions
 from nsarm.transformer import TRANSFORMER_PRESETS, InfinityTransformer, PackedText
+from tests.support.tiny_models import tiny_transformer
 
 SCHEDULE_06M = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)]
 
@@ -107,21 +108,13 @@ def test_attention_backends_agree():
     torch.testing.assert_close(attend(q, k, v, None, None, backend="flash"), attend(q, k, v, None, None, backend="math"))
 
 
-def _tiny(seed=0):
-    torch.manual_seed(seed)
-    model = InfinityTransformer(TRANSFORMER_PRESETS["tiny"]).eval()
-    for p in model.parameters():  # non-trivial values everywhere (zero-initialised biases would hide bugs)
-        p.data.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
 def _text(B, C, g):
     lens = torch.tensor([5, 3, 7][:B])
     return PackedText(torch.randn(int(lens.sum()), C, generator=g), lens)
 
 
 def test_kv_cache_reproduces_teacher_forced_logits_scale_by_scale():
-    model = _tiny()
+    model = tiny_transformer()
     g = torch.Generator().manual_seed(1)
     schedule = SCHEDULE_06M[:5]
     lens = [h * w for h, w in schedule]
@@ -141,7 +134,7 @@ def test_kv_cache_reproduces_teacher_forced_logits_scale_by_scale():
 
 
 def test_teacher_forcing_is_block_causal_and_text_conditioned():
-    model = _tiny()
+    model = tiny_transformer()
     g = torch.Generator().manual_seed(2)
     schedule = SCHEDULE_06M[:4]
     B, d = 1, model.cfg.d_vae
@@ -159,7 +152,7 @@ def test_teacher_forcing_is_block_causal_and_text_conditioned():
 
 
 def test_bad_input_shape_is_named():
-    model = _tiny()
+    model = tiny_transformer()
     g = torch.Generator().manual_seed(3)
     with pytest.raises(ValueError, match="x_BLd_wo_prefix"):
         model(_text(1, model.cfg.text_channels, g), torch.zeros(1, 3, model.cfg.d_vae), SCHEDULE_06M[:3])
@@ -182,7 +175,7 @@ def test_text_encoded_on_cpu_conditions_a_gpu_transformer():
     """A CPU text encoder feeding a CUDA transformer (the training loop and `nsarm upscale` do this): the caption
     features move to the model's device, with and without caption drop (found on an H100: torch.cat of CPU
     features and the CUDA cfg_uncond failed in stage 2)."""
-    model = _tiny()
+    model = tiny_transformer()
     g = torch.Generator().manual_seed(2)
     text = _text(2, model.cfg.text_channels, g)
     x = torch.randn(2, 4, model.cfg.d_vae, generator=g)

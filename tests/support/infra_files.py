@@ -1,8 +1,4 @@
-"""Paths of the cluster manifests in infra/ and small loaders for them (parsed, never applied).
-
-A plain module, not conftest.py: the test files import it by name, and `import conftest` is ambiguous in a tree
-with several conftest.py files.
-"""
+"""Paths of the cluster manifests in infra/ and small loaders for them (parsed, never applied)."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 ENV_EXAMPLE = INFRA / "cluster.env.example"
 LAUNCHER = INFRA / "cluster" / "ray-cluster.yaml"
