@@ -94,7 +94,7 @@ def test_retry_failed_refetches_only_failed_rows(hostile_server, sample_photos, 
     with PhotoServer(photos[0].path.parent, port=port):
         assert build_shards(str(csv), root, cfg, use_ray=False, id_col="id")["shards_skipped"] == 1  # plain rerun
         second = build_shards(str(csv), root, cfg, use_ray=False, id_col="id", retry_failed=True)
-    assert second["successes"] == 6 and second["error_counts"] == {}
+    assert second["totals"]["successes"] == 6 and second["totals"]["error_counts"] == {}
     for i in (0, 2, 4):  # earlier successes were copied from the old tar, not downloaded again
         assert hostile_server.hits[f"slow/{photos[i].path.name}"] == hits_before[f"slow/{photos[i].path.name}"]
     report = verify_root(root)

@@ -129,7 +129,7 @@ def test_nsarm_shard_cli_sets_the_imgix_output(imgix_source, tmp_path, capsys):
     before, root = len(server.requests), str(tmp_path / "ds")
     argv = ["shard", str(tsv), root, "--preset", "tiny", "--limit", "3", "--unsplash-format", "jpg",
             "--unsplash-quality", "95", "--timeout", "60"]
-    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["successes"] == 3
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["totals"]["successes"] == 3
     assert [(q["fm"], q["q"], q["fit"]) for _, q in server.requests[before:]] == [("jpg", "95", "max")] * 3
     saved = contract.read_json(contract.join(root, "hr", "config.json"))["config"]
     assert (saved["unsplash_format"], saved["unsplash_quality"]) == ("jpg", 95)
