@@ -179,7 +179,7 @@ def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_addres
 
     Returns:
         `StageSummary.to_dict()` (dataset/stage.py): version = cap_hash, samples = caption rows; totals = too_long,
-        n_fallback, sources, errors; extra = actors, actor_failures.
+        n_fallback; extra = actors, actor_failures.
     """
     if not isinstance(cfg, CaptionConfig):
         cfg = preset(cfg or "paper", **overrides)

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 PARQUET_COLUMNS = ("key", "caption", "captioner", "prompt", "params", "error", "t5_tokens")
-# `_stats.json` keys a run summary sums over the done shards (n is its samples)
-TOTALS = ("too_long", "n_fallback", "sources", "errors")
+# `_stats.json` keys a run summary sums over the done shards (n is its samples). Not the free-text `errors` or
+# `sources` histograms: the summary is logged to MLflow with its keys as metric names.
+TOTALS = ("too_long", "n_fallback")
 
 
 class T5TokenCounter:

@@ -43,7 +43,7 @@ def run_degradation(root: str, cfg: DegradationConfig, seed: int, ray_address: s
         retries: extra attempts for a failed shard.
     Returns:
         `StageSummary.to_dict()` (dataset/stage.py): output "lr/<deg_hash>", version = deg_hash, samples = LR
-        images, bad_samples = HR samples left out; totals = n_input, errors (reason histogram).
+        images, bad_samples = HR samples left out; totals = n_input.
     """
     connect(ray_address)
     t0 = time.monotonic()

@@ -30,8 +30,9 @@ from degradation.config import DegradationConfig, deg_hash
 from degradation.pipeline import degrade, min_hr_side
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-# `_stats.json` keys a run summary sums over the done shards (n_ok and n_bad are its samples and bad_samples)
-TOTALS = ("n_input", "errors")
+# `_stats.json` keys a run summary sums over the done shards (n_ok and n_bad are its samples and bad_samples).
+# Not the free-text reason histogram: the summary is logged to MLflow with its keys as metric names.
+TOTALS = ("n_input",)
 
 
 def config_record(cfg: DegradationConfig, seed: int) -> dict:
