@@ -7,6 +7,7 @@ import ast
 import contextlib
 import io
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -68,8 +69,8 @@ def test_the_three_stages_return_the_same_summary_keys(sample_photos, tiny_cfg, 
 
     hr = build_shards(str(sample_photos[0].path.parent), str(tmp_path / "built"), tiny_cfg, limit=2, use_ray=False)
     root = str(tmp_path / "ds")
-    write_hr_shard(root, 0, [(p.photo_id, photo_jpeg(p.path, 160), {"photo_description": p.path.stem})
-                             for p in sample_photos[:2]])
+    write_hr_shard(root, 0, [(p.photo_id, photo_jpeg(p.path, 160), {"photo_description": p.path.stem} if i else {})
+                             for i, p in enumerate(sample_photos[:2])])  # the first has no caption: a fallback
     cap = caption_shards(root, CaptionConfig(backend="metadata"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -82,3 +83,9 @@ def test_the_three_stages_return_the_same_summary_keys(sample_photos, tiny_cfg, 
         summary = StageSummary.from_dict(json.loads(json.dumps(s)))  # as stored in manifest.json
         assert (summary.stage, summary.shards_done, summary.samples, summary.shards_failed) == (stage, 1, samples, {})
     assert hr["output"] == "hr" and lr["output"] == f"lr/{lr['version']}" and cap["output"].startswith("captions/")
+    # build-dataset stores them in the manifest, whose numeric leaves become MLflow metric names (free text may not)
+    from nsarm.tracking import split_manifest
+
+    _, counts = split_manifest({"extra": {"build": {"shard": hr, "degrade": lr, "caption": cap}}})
+    assert counts["extra.build.caption.totals.n_fallback"] == 1
+    assert [k for k in counts if not re.fullmatch(r"[\w\-. :/]+", k)] == []
