@@ -129,7 +129,7 @@ def run_ours(csv: Path, root: Path, n: int, processes: int, threads: int, size: 
         build_shards(str(csv), str(root / "warmup"), warm, limit=2 * processes, progress=lambda *a: None)
         t0 = time.perf_counter()
         summary = build_shards(str(csv), str(root / "ds"), cfg, progress=lambda *a: None)
-        return summary["successes"], time.perf_counter() - t0, summary["cpu_s"]
+        return summary["samples"], time.perf_counter() - t0, summary["totals"]["cpu_s"]
     finally:
         ray.shutdown()
 
@@ -163,7 +163,7 @@ def peak_rss_child(csv: str, root: str, n: int, size: int, threads: int) -> None
 
     cfg = ShardConfig(image_size=size, min_side=size, shard_size=n, threads=threads, dedup=False)
     s = build_shards(csv, root, cfg, limit=n, use_ray=False, progress=lambda *a: None)
-    print(json.dumps({"n": n, "successes": s["successes"], "wall_s": s["wall_s"],
+    print(json.dumps({"n": n, "successes": s["samples"], "wall_s": s["seconds"],
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

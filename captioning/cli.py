@@ -78,4 +78,4 @@ def _run(args) -> int:
 
         summary = caption_shards(args.root, cfg, shards=shards)
     print(json.dumps(summary, indent=2, sort_keys=True))
-    return 1 if summary["failed"] else 0
+    return 1 if summary["shards_failed"] else 0

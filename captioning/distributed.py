@@ -2,11 +2,12 @@
 
     summary = run_captioning("s3://bucket/ds", CaptionConfig(model_path="/models/llava-1.5-13b-hf"), ray_address="auto")
 
-The only module of `captioning/` that imports Ray. Scheduling is a small hand-written loop over `ray.wait` rather
-than `ActorPool`, because it must survive actors dying: when an actor dies (node lost, OOM-killed, `ray.kill`),
-its shard goes back to the queue and runs on another actor, and a replacement actor is started. A shard whose
-worker *reports* a failure (`ShardResult.ok == False`) is retried up to `max_retries` times. Shards already done
-(their `_stats.json` exists) are skipped by the worker, so rerunning the same command resumes a job.
+The only module of `captioning/` that imports Ray. Scheduling is `dataset.distributed.distribute` (the shared
+distributor with retries) over the pool's actors rather than `ActorPool`, because it must survive actors dying:
+when an actor dies (node lost, OOM-killed, `ray.kill`), its shard goes back to the queue and runs on another actor,
+and a replacement actor is started. A shard whose worker *reports* a failure (`ShardResult.ok == False`) is retried
+up to `max_retries` times. Shards already done (their `_stats.json` exists) are skipped by the worker, so rerunning
+the same command resumes a job.
 
 Each actor batches within its shard (`CaptionConfig.batch_size` images per `generate`); shards hold hundreds to
 thousands of images, so the one partial batch at a shard's end costs little.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -25,9 +25,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from captioning.config import CaptionConfig, cap_hash, caption_config
-from captioning.worker import CaptionWorker, ShardResult, input_shards, summarize, write_config
-from dataset.distributed import connect, object_store_env, task_name
-from dataset.progress import progress_line
+from captioning.worker import CaptionWorker, input_shards, progress_reporter, summarize_run, write_config
+from dataset.distributed import connect, distribute, object_store_env, task_name
+from dataset.stage import ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class CaptionPool:
         self.actors: list = []
         self.actor_failures = 0
         self._inflight: dict = {}  # ObjectRef -> (actor, shard)
+        self._idle: list = []  # live actors with no shard in flight
 
     def _spawn(self):
         opts = dict(self.options)
@@ -108,60 +109,48 @@ class CaptionPool:
         """(actor handle, shard) for every shard being captioned right now."""
         return list(self._inflight.values())
 
-    def run(self, shards: list[int], progress: Callable[[dict], None] | None = None) -> list[ShardResult]:
-        """Caption `shards` across the pool; returns one result per shard, in the order given.
-
-        `progress(event)` is called in this (driver) thread after every finished shard with
-        {"done", "total", "shard", "ok", "captions", "captions_per_s", "actor_failures"}.
-        """
+    def run(self, shards: list[int], progress: Callable[[ShardResult, int, int], None] | None = None,
+            ) -> list[ShardResult]:
+        """Caption `shards` across the pool (`dataset.distributed.distribute`); one result per shard, in the order
+        given. Each finished shard logs a progress line, then `progress(result, done, total)` is called."""
         if not self.actors:
             self.start()
-        queue, attempts = deque(shards), Counter()
-        idle, results = list(self.actors), {}
-        t0, captions = time.perf_counter(), 0
-        while queue or self._inflight:
-            while queue and idle:
-                actor, shard = idle.pop(), queue.popleft()
-                name = task_name("caption", f"captions/{self.cap_hash}", shard)
-                self._inflight[actor.run.options(name=name).remote(shard)] = (actor, shard)
-            if not self._inflight:  # every actor died and no replacement is allowed
-                for shard in queue:
-                    results[shard] = ShardResult(False, shard, err="no live caption actor left")
-                break
-            [ref], _ = ray.wait(list(self._inflight), num_returns=1)
-            actor, shard = self._inflight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayActorError as e:
-                result = self._actor_died(actor, shard, e, idle)
-            else:
-                idle.append(actor)
-            if not result.ok and attempts[shard] < self.max_retries:
-                attempts[shard] += 1
-                log.warning("shard %06d failed (%s); retry %d/%d", shard, result.err, attempts[shard],
-                            self.max_retries)
-                queue.append(shard)
-                continue
-            results[shard] = result
-            captions += result.n if not result.skipped else 0
-            rate = captions / max(time.perf_counter() - t0, 1e-9)
-            log.info(progress_line("caption", len(results), len(shards), "shards", time.perf_counter() - t0,
-                                   rate=rate, rate_unit="captions/s", detail=f"shard {shard:06d}, {captions} captions"))
-            if progress is not None:
-                progress({"done": len(results), "total": len(shards), "shard": shard, "ok": result.ok,
-                          "captions": captions, "captions_per_s": rate, "actor_failures": self.actor_failures})
-        return [results[s] for s in shards]
+        self._idle = list(self.actors)
+        line = progress_reporter()
 
-    def _actor_died(self, actor, shard: int, error: Exception, idle: list) -> ShardResult:
-        """Drop a dead actor, start a replacement if allowed, and report the shard as failed (so it is retried)."""
+        def report(res: ShardResult, done: int, total: int) -> None:
+            line(res, done, total)
+            if progress is not None:
+                progress(res, done, total)
+
+        return distribute(shards, self, self.max_retries, stage="caption", progress=report)
+
+    # -- the slots interface of `distribute`: one shard in flight per live actor
+    def capacity(self) -> int:
+        return len(self.actors)
+
+    def submit(self, shard: int):
+        actor = self._idle.pop()
+        ref = actor.run.options(name=task_name("caption", f"captions/{self.cap_hash}", shard)).remote(shard)
+        self._inflight[ref] = (actor, shard)
+        return ref
+
+    def finished(self, ref, error: Exception | None) -> None:
+        actor, shard = self._inflight.pop(ref)
+        if isinstance(error, RayActorError):
+            self._actor_died(actor, shard, error)
+        else:
+            self._idle.append(actor)
+
+    def _actor_died(self, actor, shard: int, error: Exception) -> None:
+        """Drop a dead actor and start a replacement if allowed (`distribute` retries its shard)."""
         self.actor_failures += 1
         if actor in self.actors:
             self.actors.remove(actor)
         log.warning("caption actor died on shard %06d: %s", shard, str(error).splitlines()[0])
         if self.restarts_left > 0:
             self.restarts_left -= 1
-            idle.append(self._spawn())
-        return ShardResult(False, shard, err=f"actor died: {type(error).__name__}")
+            self._idle.append(self._spawn())
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -171,7 +160,7 @@ class CaptionPool:
 
 def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_address: str | None = None,
                    shards: list[int] | None = None, num_actors: int | None = None, max_retries: int = 2,
-                   progress: Callable[[dict], None] | None = None, **overrides) -> dict:
+                   progress: Callable[[ShardResult, int, int], None] | None = None, **overrides) -> dict:
     """Caption every ready shard of `root` on a Ray actor pool (the build-dataset flow's caption stage).
 
         run_captioning(root, CaptionConfig(model_path="/models/llava-1.5-13b-hf"))
@@ -189,8 +178,8 @@ def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_addres
         **overrides: `CaptionConfig` fields replacing those of `cfg` (e.g. backend="metadata").
 
     Returns:
-        summary dict: shards, done, skipped, failed {shard: error}, captions, too_long, seconds, captions_per_s,
-        cap_hash, actors, actor_failures.
+        `StageSummary.to_dict()` (dataset/stage.py): version = cap_hash, samples = caption rows; totals = too_long,
+        n_fallback; extra = actors, actor_failures.
     """
     if not isinstance(cfg, CaptionConfig):
         cfg = caption_config(cfg or "paper", **overrides)
@@ -205,5 +194,5 @@ def run_captioning(root: str, cfg: CaptionConfig | str | None = None, ray_addres
         results = pool.run(shards, progress=progress) if shards else []
     finally:
         pool.shutdown()
-    return summarize(results, time.perf_counter() - t0, cap_hash=h, actors=pool.num_actors,
-                     actor_failures=pool.actor_failures)
+    return summarize_run(root, h, results, time.perf_counter() - t0, actors=pool.num_actors,
+                         actor_failures=pool.actor_failures)

@@ -21,27 +21,20 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from captioning.captioner import Captioner, build_captioner
 from captioning.config import CaptionConfig, cap_hash
 from dataset import contract
+from dataset.stage import ProgressReporter, ShardResult, run_in_process, summarize
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 PARQUET_COLUMNS = ("key", "caption", "captioner", "prompt", "params", "error", "t5_tokens")
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    ok: bool
-    shard_id: int
-    n: int = 0  # captions written (or found, when skipped)
-    err: str = ""  # "Type: message" when not ok
-    skipped: bool = False  # already done by an earlier run
-    seconds: float = 0.0
-    too_long: int = 0  # captions over the text encoder's token limit
+# `_stats.json` keys a run summary sums over the done shards (n is its samples). Not the free-text `errors` or
+# `sources` histograms: the summary is logged to MLflow with its keys as metric names.
+TOTALS = ("too_long", "n_fallback")
 
 
 class T5TokenCounter:
@@ -169,7 +162,7 @@ class CaptionWorker:
         return rows
 
     def _write(self, shard: int, rows: list[dict], rejected: list[str], seconds: float,
-               hr_sha: str | None = None) -> int:
+               hr_sha: str | None = None) -> dict:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -195,7 +188,7 @@ class CaptionWorker:
             "seconds": round(seconds, 3), "captions_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
         }
         contract.write_json_atomic(contract.caption_stats(self.root, self.hash, shard), stats)  # LAST: done marker
-        return len(long_keys)
+        return stats
 
     def __call__(self, shard: int) -> ShardResult:
         t0 = time.perf_counter()
@@ -203,7 +196,8 @@ class CaptionWorker:
             stats_url = contract.caption_stats(self.root, self.hash, shard)
             done = contract.done_stats(stats_url, self.root, shard)  # None also when the HR shard was rewritten
             if done is not None:
-                return ShardResult(True, shard, done["n"], skipped=True)
+                return ShardResult(True, shard, done["n"], n_bad=len(done.get("rejected_members", [])), skipped=True,
+                                   stats=done)
             hr_sha = contract.hr_tar_sha256(self.root, shard)  # read before the tar: a later rewrite makes this stale
             if not self._config_written:  # the config beside the captions (G3), also when called outside a runner
                 write_config(self.root, self.cfg)
@@ -211,23 +205,21 @@ class CaptionWorker:
             samples, rejected = self._read(shard)
             rows = self._caption(shard, samples)
             seconds = time.perf_counter() - t0
-            too_long = self._write(shard, rows, rejected, seconds, hr_sha)
-            return ShardResult(True, shard, len(rows), seconds=seconds, too_long=too_long)
+            stats = self._write(shard, rows, rejected, seconds, hr_sha)
+            return ShardResult(True, shard, len(rows), n_bad=len(rejected), seconds=seconds, stats=stats)
         except Exception as e:  # noqa: BLE001 - G8: a failed shard is a result (retried by the caller), not a crash
             log.exception("caption shard %06d failed", shard)
             return ShardResult(False, shard, err=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
 
 
-def summarize(results: list[ShardResult], seconds: float, **extra) -> dict:
-    """The run summary shared by the loop and the Ray pool: counts, failures and throughput."""
-    written = sum(r.n for r in results if r.ok and not r.skipped)
-    return {
-        "shards": len(results), "done": sum(r.ok for r in results), "skipped": sum(r.skipped for r in results),
-        "failed": {r.shard_id: r.err for r in results if not r.ok},
-        "captions": written, "too_long": sum(r.too_long for r in results),
-        "seconds": round(seconds, 3), "captions_per_s": round(written / seconds, 3) if seconds > 0 else None,
-        **extra,
-    }
+def summarize_run(root: str, h: str, results: list[ShardResult], seconds: float, **extra) -> dict:
+    """The stage summary (`dataset.stage.StageSummary`) of a caption run into `{root}/captions/{h}`, loop or Ray."""
+    return summarize("caption", root, f"captions/{h}", h, results, seconds, TOTALS, **extra)
+
+
+def progress_reporter() -> ProgressReporter:
+    """The caption stage's progress lines, into this module's logger (a flow forwards it to the run's log)."""
+    return ProgressReporter("caption", "captions", log.info, time.perf_counter)
 
 
 def caption_shards(root: str, cfg: CaptionConfig, shards: list[int] | None = None, retries: int = 1,
@@ -235,21 +227,14 @@ def caption_shards(root: str, cfg: CaptionConfig, shards: list[int] | None = Non
     """Caption `shards` (default: every ready input shard) in this process; failed shards retried `retries` times.
 
     Returns:
-        `summarize(...)` dict, with "cap_hash".
+        `summarize_run(...)`: the stage summary, version = cap_hash, samples = caption rows.
     """
     t0 = time.perf_counter()
     h = write_config(root, cfg)
     worker = worker or CaptionWorker(root, cfg)
     shards = input_shards(root, cfg) if shards is None else shards
-    results = []
-    for shard in shards:
-        for _attempt in range(retries + 1):
-            result = worker(shard)
-            if result.ok:
-                break
-        results.append(result)
-        log.info("caption shard %06d: ok=%s n=%d %s", shard, result.ok, result.n, result.err)
-    return summarize(results, time.perf_counter() - t0, cap_hash=h)
+    results = run_in_process(shards, worker, retries=retries, progress=progress_reporter())
+    return summarize_run(root, h, results, time.perf_counter() - t0)
 
 
 def read_captions(root: str, hash_: str, shard: int) -> dict[str, str]:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from dataset import contract
 from dataset.config import ShardConfig, config_hash
-from dataset.progress import progress_line
-from dataset.shard import ShardBuilder, ShardResult
+from dataset.shard import ShardBuilder, done_result
 from dataset.sources import plan_shards, read_source
+from dataset.stage import ProgressReporter, ShardResult, run_in_process, summarize
 
 
 def _check_config(root: str, cfg: ShardConfig) -> None:
@@ -33,45 +33,25 @@ def _check_config(root: str, cfg: ShardConfig) -> None:
     contract.write_json_atomic(url, {"config_hash": config_hash(cfg), "config": cfg.to_dict()})
 
 
-def print_progress(started: float) -> Callable[[ShardResult, int, int], None]:
-    images = [0]
-
-    def report(res: ShardResult, done: int, total: int) -> None:
-        images[0] += 0 if res.skipped else res.n
-        elapsed = time.monotonic() - started
-        state = "skipped" if res.skipped else ("ok" if res.ok else "FAILED")
-        print(progress_line("shard", done, total, "shards", elapsed, rate=images[0] / max(elapsed, 1e-6),
-                            rate_unit="images/s", detail=f"shard {res.shard_id:06d} {state}, {res.n} images"),
-              file=sys.stderr, flush=True)
-        if not res.ok:
-            print(f"[shard] shard {res.shard_id:06d} error: {(res.err or '').splitlines()[0]}", file=sys.stderr)
-
-    return report
+def print_progress() -> Callable[[ShardResult, int, int], None]:
+    """The shard stage's progress lines, printed to stderr (`nsarm shard`; a flow run logs its prints)."""
+    return ProgressReporter("shard", "images", lambda line: print(line, file=sys.stderr, flush=True), time.monotonic)
 
 
-def summarize(root: str, results: list[ShardResult], wall_s: float, cfg: ShardConfig, n_rows: int) -> dict:
-    """Totals over the shards of this build, read back from their `_stats.json` (the source of truth)."""
-    totals = {"successes": 0, "failed_to_download": 0, "failed_to_process": 0, "duplicates": 0, "count": 0,
-              "tar_bytes": 0, "cpu_s": 0.0}
-    errors: dict[str, int] = {}
+# `_stats.json` keys summed over the done shards into the summary's totals
+TOTALS = ("count", "successes", "failed_to_download", "failed_to_process", "duplicates", "tar_bytes", "cpu_s",
+          "error_counts")
+
+
+def summarize_build(root: str, results: list[ShardResult], wall_s: float, cfg: ShardConfig, n_rows: int,
+                    dedup: dict) -> dict:
+    """The stage summary, with each done shard's stats read back from its `_stats.json` (the source of truth: the
+    cross-shard dedup pass may have rewritten it since the shard was built)."""
     done_ids = set(contract.list_shards(root, "hr"))
-    for res in results:
-        if res.ok and res.shard_id in done_ids:
-            stats = contract.read_json(contract.hr_stats(root, res.shard_id))
-            for k in totals:
-                totals[k] += stats.get(k) or 0
-            for k, v in stats.get("error_counts", {}).items():
-                errors[k] = errors.get(k, 0) + v
-    new_images = sum(r.n for r in results if r.ok and not r.skipped)
-    return {
-        "root": root, "config_hash": config_hash(cfg), "rows": n_rows, "shards_total": len(results),
-        "shards_done": sum(r.ok for r in results), "shards_skipped": sum(r.skipped for r in results),
-        "shards_failed": sorted(r.shard_id for r in results if not r.ok),
-        "shard_errors": {r.shard_id: (r.err or "").splitlines()[0] for r in results if not r.ok},
-        **totals, "error_counts": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
-        "new_images": new_images, "wall_s": round(wall_s, 3),
-        "images_per_s": round(new_images / wall_s, 2) if wall_s > 0 else None,
-    }
+    fresh = [done_result(r.shard_id, contract.read_json(contract.hr_stats(root, r.shard_id)), r.skipped)
+             if r.ok and r.shard_id in done_ids else r for r in results]
+    return summarize("shard", root, "hr", config_hash(cfg), fresh, wall_s, TOTALS, rows=n_rows,
+                     cross_shard_dedup=dedup)
 
 
 def build_shards(source: str, root: str, cfg: ShardConfig, limit: int | None = None, ray_address: str | None = None,
@@ -92,8 +72,9 @@ def build_shards(source: str, root: str, cfg: ShardConfig, limit: int | None = N
         url_col, caption_col, id_col: column names for table sources.
         shards: build only these shard ids (debugging).
     Returns:
-        summary dict: shards_total/done/skipped/failed, successes, failed_to_download, failed_to_process,
-        duplicates, error_counts, new_images, wall_s, images_per_s, cross-shard dedup counts.
+        `StageSummary.to_dict()` (dataset/stage.py): samples = images in the done shards' tars; totals = count,
+        successes, failed_to_download, failed_to_process, duplicates, tar_bytes, cpu_s, error_counts; extra =
+        rows, cross_shard_dedup.
     """
     t0 = time.monotonic()
     rows = read_source(source, cfg, limit=limit, url_col=url_col, caption_col=caption_col, id_col=id_col)
@@ -104,21 +85,17 @@ def build_shards(source: str, root: str, cfg: ShardConfig, limit: int | None = N
     contract.write_json_atomic(contract.join(root, "hr", "source.json"), {
         "source": source, "limit": limit, "rows": len(rows), "shards": len(plan_shards(rows, cfg.shard_size)),
         "shard_size": cfg.shard_size, "url_col": url_col, "caption_col": caption_col, "id_col": id_col})
-    progress = progress or print_progress(time.monotonic())
+    progress = progress or print_progress()
     if use_ray:
         from dataset.distributed import run_shards
 
         results = run_shards(specs, cfg, root, retry_failed, ray_address, progress)
     else:
-        builder, results = ShardBuilder(cfg, root, retry_failed), []
-        for spec in specs:
-            results.append(builder(spec))
-            progress(results[-1], len(results), len(specs))
+        results = run_in_process(specs, ShardBuilder(cfg, root, retry_failed), progress=progress)
     results.sort(key=lambda r: r.shard_id)
     dedup = {"shards_rewritten": 0, "duplicates_removed": 0}
     if cfg.dedup and all(r.ok for r in results):
         from dataset.dedup import remove_duplicates
 
         dedup = remove_duplicates(root, cfg)
-    summary = summarize(root, results, time.monotonic() - t0, cfg, len(rows))
-    return {**summary, "cross_shard_dedup": dedup}
+    return summarize_build(root, results, time.monotonic() - t0, cfg, len(rows), dedup)

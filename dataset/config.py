@@ -46,7 +46,7 @@ class ShardConfig:
     user_agent: str = "nsarm-dataset/0.1 (+https://github.com/Xiangtaokong/NSARM)"
     # --- distribution and reproducibility
     cpus_per_task: float = 1.0  # Ray CPU resources declared per shard task
-    max_shard_retries: int = 1  # Ray re-runs a shard task whose worker died this many times
+    max_shard_retries: int = 1  # a failed shard (an error, or its Ray worker died) is re-run this many times
     seed: int = 0  # recorded with the shard; sampling (none in this stage) and the reader's shuffle start from it
 
     def __post_init__(self):

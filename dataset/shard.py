@@ -19,7 +19,7 @@ import json
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import fsspec
 import pyarrow as pa
@@ -31,6 +31,7 @@ from dataset.config import ShardConfig, config_hash
 from dataset.download import Fetcher, imap_ordered
 from dataset.images import ImageRejected, normalise, too_small
 from dataset.sources import ShardSpec
+from dataset.stage import ShardResult
 
 SUCCESS, FAILED_DOWNLOAD, FAILED_PROCESS, DUPLICATE = "success", "failed_to_download", "failed_to_process", "duplicate"
 FAILED = (FAILED_DOWNLOAD, FAILED_PROCESS)
@@ -61,16 +62,6 @@ PARQUET_SCHEMA = pa.schema([
     ("duplicate_of", pa.string()),  # key of the kept copy
     ("meta", pa.string()),  # JSON of the extra source columns
 ])
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    ok: bool
-    shard_id: int
-    n: int  # samples in the tar
-    err: str | None = None  # traceback text when ok is False
-    skipped: bool = False  # already done (resume)
-    stats: dict | None = None
 
 
 class _HashingWriter:
@@ -148,6 +139,13 @@ def shard_stats(shard: int, records: list[dict], cfg: ShardConfig, tar_bytes: in
     }
 
 
+def done_result(shard: int, stats: dict, skipped: bool = True) -> ShardResult:
+    """The result of a done shard, from its `_stats.json` body: the tar's samples, and the rows left out of it."""
+    n = stats["samples_in_tar"]
+    return ShardResult(True, shard, n, n_bad=stats["count"] - n, skipped=skipped,
+                       seconds=0.0 if skipped else stats["wall_s"], stats=stats)
+
+
 class ShardBuilder:
     """Build one HR shard. `__call__` never raises: failures come back as `ShardResult(ok=False, err=…)`."""
 
@@ -162,7 +160,7 @@ class ShardBuilder:
         try:
             return self._build(spec)
         except Exception as e:  # G8: one broken shard must not take down the pool; the caller records it
-            return ShardResult(False, spec.shard_id, 0, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            return ShardResult(False, spec.shard_id, err=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
 
     # -- one row: fetch + normalise (runs in the thread pool)
     def _process(self, item: tuple[int, ShardSpec]) -> tuple[dict, bytes | None]:
@@ -224,13 +222,13 @@ class ShardBuilder:
         if contract.exists(contract.hr_stats(root, sid)):
             done = contract.read_json(contract.hr_stats(root, sid))
             if not self.retry_failed:
-                return ShardResult(True, sid, done["samples_in_tar"], skipped=True, stats=done)
+                return done_result(sid, done)
             old = read_parquet(contract.hr_parquet(root, sid))
             if len(old) != len(spec) or [r["key"] for r in old] != list(spec.keys):
                 raise ValueError(f"shard {sid}: existing parquet rows do not match the source rows; "
                                  "the source or shard_size changed since it was built")
             if not any(r["status"] in FAILED for r in old):
-                return ShardResult(True, sid, done["samples_in_tar"], skipped=True, stats=done)
+                return done_result(sid, done)
             # Un-mark the shard first: a kill between the tar rename and the new stats then means "rebuild from
             # scratch" on the next run, never a tar that disagrees with its parquet.
             contract.remove(contract.hr_stats(root, sid))
@@ -269,4 +267,4 @@ class ShardBuilder:
         stats = shard_stats(sid, records, self.cfg, nbytes, sha, n, t0, started,
                             retried=len(todo) if old is not None else None, cpu_s=time.process_time() - cpu0)
         contract.write_json_atomic(contract.hr_stats(root, sid), stats)  # last: marks the shard done
-        return ShardResult(True, sid, n, stats=stats)
+        return done_result(sid, stats, skipped=False)

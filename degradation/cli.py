@@ -1,7 +1,7 @@
 """`nsarm degrade ROOT --preset realesrgan [--seed N] [--shards 0,1]`: single-process degradation of HR shards.
 
 For debugging a stage without Ray; the build-dataset flow uses `degradation.distributed.run_degradation`.
-Prints one JSON line per shard and a totals line; exits 1 if any shard failed.
+Prints one JSON line per shard and the run summary (`dataset.stage.StageSummary`); exits 1 if any shard failed.
 """
 
 from __future__ import annotations
@@ -18,24 +18,22 @@ def _shards(text: str) -> list[int]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dataset import contract
+    import time
+
     from dataset.inputs import check_dataset_root
+    from dataset.stage import run_in_process
     from degradation.config import degradation_config
-    from degradation.worker import DegradeShard
+    from degradation.worker import DegradeShard, summarize_run
 
     done = check_dataset_root(args.root, args.shards)  # before anything is written under a mistyped root
     cfg = degradation_config(args.preset)
     shards = args.shards if args.shards is not None else done
+    t0 = time.monotonic()
     worker = DegradeShard(args.root, cfg, args.seed, batch_size=args.batch_size, device=args.device)
-    failed, n_ok, n_bad = 0, 0, 0
-    for shard in shards:
-        res = worker(shard)
-        failed += not res.ok
-        n_ok, n_bad = n_ok + res.n, n_bad + res.n_bad
-        print(json.dumps({k: v for k, v in res.to_dict().items() if k != "bad"}))
-    print(json.dumps({"deg_hash": worker.deg_hash, "lr_dir": contract.lr_dir(args.root, worker.deg_hash),
-                      "shards": len(shards), "n_ok": n_ok, "n_bad": n_bad, "n_failed": failed}))
-    return 1 if failed else 0
+    results = run_in_process(shards, worker, progress=lambda res, _done, _total: print(json.dumps(res.brief())))
+    summary = summarize_run(args.root, worker.deg_hash, results, time.monotonic() - t0)
+    print(json.dumps(summary))
+    return 1 if summary["shards_failed"] else 0
 
 
 def register(subparsers) -> None:

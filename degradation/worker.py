@@ -19,32 +19,20 @@ import json
 import time
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
 from dataset import contract
+from dataset.stage import ShardResult, summarize
 from degradation.config import DegradationConfig, deg_hash
 from degradation.pipeline import degrade, min_hr_side
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-@dataclass
-class ShardResult:
-    ok: bool
-    shard_id: int
-    n: int = 0  # LR samples written
-    err: str | None = None  # why the shard failed (ok=False); bad *samples* do not fail a shard
-    n_bad: int = 0
-    skipped: bool = False  # already done by an earlier run
-    seconds: float = 0.0
-    bad: list[dict] = field(default_factory=list)  # [{"key", "reason"}]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# `_stats.json` keys a run summary sums over the done shards (n_ok and n_bad are its samples and bad_samples).
+# Not the free-text reason histogram: the summary is logged to MLflow with its keys as metric names.
+TOTALS = ("n_input",)
 
 
 def config_record(cfg: DegradationConfig, seed: int) -> dict:
@@ -125,7 +113,7 @@ class DegradeShard:
         stats_url = contract.lr_stats(self.root, self.deg_hash, shard)
         st = contract.done_stats(stats_url, self.root, shard)  # None also when the HR shard was rewritten since
         if st is not None:
-            return ShardResult(True, shard, n=st["n_ok"], n_bad=st["n_bad"], skipped=True, bad=st["bad"])
+            return ShardResult(True, shard, n=st["n_ok"], n_bad=st["n_bad"], skipped=True, stats=st)
         hr_sha = contract.hr_tar_sha256(self.root, shard)  # read before the tar: a later rewrite makes this stale
         ensure_config_json(self.root, self.cfg, self.seed)
         hr_url = contract.hr_tar(self.root, shard)
@@ -172,4 +160,9 @@ class DegradeShard:
             "device": str(self.device), "batch_size": self.batch_size,
         }
         contract.write_json_atomic(stats_url, stats)  # last: its presence marks the shard done
-        return ShardResult(True, shard, n=len(samples), n_bad=len(bad), seconds=seconds, bad=bad)
+        return ShardResult(True, shard, n=len(samples), n_bad=len(bad), seconds=seconds, stats=stats)
+
+
+def summarize_run(root: str, h: str, results: list[ShardResult], seconds: float) -> dict:
+    """The stage summary (`dataset.stage.StageSummary`) of a degradation run into `{root}/lr/{h}`, loop or Ray."""
+    return summarize("degrade", root, f"lr/{h}", h, results, seconds, TOTALS)

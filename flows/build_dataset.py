@@ -61,20 +61,20 @@ def log_to_mlflow(root: str, manifest: dict, experiment: str) -> str:
 
 
 def _stats_markdown(summary: dict, manifest: dict, run_id: str) -> str:
-    hr, lr, cap = summary["shard"], summary["degrade"], summary["caption"]
-    rows = [
-        ("shard", f"{hr.get('shards_done', '?')}/{hr.get('shards_total', '?')} shards",
-         f"{hr.get('successes', 0)} images ok, {hr.get('failed_to_download', 0)} download failures, "
-         f"{hr.get('failed_to_process', 0)} rejected, {hr.get('duplicates', 0)} duplicates",
-         f"{hr.get('images_per_s', 0):.1f} img/s"),
-        ("degrade", f"{lr.get('shards', 0)} shards → `lr/{lr.get('deg_hash')}`",
-         f"{lr.get('n_ok', 0)} LR images, {lr.get('n_bad', 0)} bad samples, {lr.get('n_failed', 0)} failed shards",
-         f"{lr.get('images_per_s', 0):.1f} img/s"),
-        ("caption", f"{cap.get('done', 0)} shards → `captions/{cap.get('cap_hash')}`",
-         f"{cap.get('captions', 0)} captions, {cap.get('too_long', 0)} longer than 512 T5 tokens",
-         f"{cap.get('captions_per_s', 0):.1f} captions/s"),
+    """The run's markdown artifact. Each stage's summary is read as `StageSummary` (dataset/stage.py), so a missing
+    or renamed key raises instead of printing 0."""
+    from dataset.stage import StageSummary
+
+    hr, lr, cap = (StageSummary.from_dict(summary[k]) for k in ("shard", "degrade", "caption"))
+    rows = [  # (summary, what its samples are, stage-specific counts, rate unit)
+        (hr, "images", f"{hr.totals['failed_to_download']} download failures, {hr.totals['failed_to_process']} "
+                       f"rejected, {hr.totals['duplicates']} duplicates", "img/s"),
+        (lr, "LR images", f"{lr.bad_samples} bad samples", "img/s"),
+        (cap, "captions", f"{cap.totals['too_long']} longer than 512 T5 tokens", "captions/s"),
     ]
-    table = "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
+    table = "\n".join(f"| {s.stage} | {s.shards_done}/{s.shards_total} shards → `{s.output}` | {s.samples} {what}, "
+                      f"{detail}, {len(s.shards_failed)} failed shards | {s.samples_per_s or 0:.1f} {unit} |"
+                      for s, what, detail, unit in rows)
     return (f"# Dataset `{manifest['name']}` version `{manifest['version']}`\n\n"
             f"root `{manifest['root']}` — {manifest['num_samples']} samples in {manifest['num_shards']} shards; "
             f"MLflow run `{run_id}`\n\n| stage | output | counts | throughput |\n|---|---|---|---|\n{table}\n")

@@ -18,7 +18,7 @@ def test_pool_finishes_every_shard_after_an_actor_is_killed(ray_local, ray_capti
     cfg = CaptionConfig(model_path=str(tiny_llava_dir), greedy=True, max_new_tokens=8, batch_size=2)
     killed = []
 
-    def kill_one_busy_actor(event):
+    def kill_one_busy_actor(result, done, total):
         # After the first shard finishes, kill an actor that is working on a shard right now.
         if not killed and pool.in_flight():
             actor, shard = pool.in_flight()[0]
@@ -49,7 +49,7 @@ def test_pool_finishes_every_shard_after_an_actor_is_killed(ray_local, ray_capti
 
     # Rerunning the job through the public entry point resumes: every shard is already done.
     summary = run_captioning(ray_caption_root, cfg, num_actors=1)
-    assert (summary["shards"], summary["skipped"], summary["captions"], summary["failed"]) == (6, 6, 0, {})
+    assert (summary["shards_total"], summary["shards_skipped"], summary["new_samples"], summary["shards_failed"]) == (6, 6, 0, {})
 
 
 def test_missing_model_dir_fails_fast_with_the_path(ray_local, ray_caption_root, tmp_path):
@@ -69,6 +69,6 @@ def test_captions_on_s3_root(s3_bucket, sample_photos):
     samples = [(p.photo_id, photo_jpeg(p.path, 64), {"ai_description": p.path.stem}) for p in sample_photos[:3]]
     write_hr_shard(root, 0, samples)
     cfg = CaptionConfig(backend="metadata")
-    assert caption_shards(root, cfg)["captions"] == 3
+    assert caption_shards(root, cfg)["new_samples"] == 3
     assert read_captions(root, cap_hash(cfg), 0) == {k: m["ai_description"] for k, _, m in samples}
-    assert caption_shards(root, cfg)["skipped"] == 1
+    assert caption_shards(root, cfg)["shards_skipped"] == 1

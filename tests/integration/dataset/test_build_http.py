@@ -41,12 +41,12 @@ def test_hostile_inputs_are_recorded_and_the_shard_completes(hostile_server, fas
     pd.DataFrame({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]}).to_csv(csv, index=False)
     cfg = fast_cfg.override(shard_size=len(urls))  # one shard holding every case
     summary = build_shards(str(csv), str(tmp_path / "ds"), cfg, use_ray=False)
-    assert summary["shards_done"] == 1 and summary["shards_failed"] == []
+    assert summary["shards_done"] == 1 and summary["shards_failed"] == {}
     rows = read_parquet(contract.hr_parquet(str(tmp_path / "ds"), 0))
     got = {r["source"]: (r["status"], r["error"]) for r in rows}
     assert got == expected
     n_ok = sum(s == "success" for s, _ in expected.values())
-    assert summary["successes"] == n_ok == 7
+    assert summary["totals"]["successes"] == summary["samples"] == n_ok == 7
     stats = contract.read_json(contract.hr_stats(str(tmp_path / "ds"), 0))
     assert stats["error_counts"]["unsupported_scheme"] == 2 and sum(stats["status_counts"].values()) == len(urls)
     assert not any(p.startswith("etc") for p in hostile_server.hits)  # file: never became a request
@@ -60,14 +60,14 @@ def test_unsplash_source_on_ray(ray_local, photo_server, sample_photos, tmp_path
     seen = []
     summary = build_shards(str(tsv.parent), str(tmp_path / "ds"), cfg, limit=10,
                            progress=lambda res, done, total: seen.append((res.shard_id, done, total)))
-    assert summary["shards_done"] == 2 and summary["successes"] == 10 and summary["new_images"] == 10
+    assert summary["shards_done"] == 2 and summary["totals"]["successes"] == 10 and summary["new_samples"] == 10
     assert sorted(s for s, _, _ in seen) == [0, 1] and [d for _, d, _ in seen] == [1, 2]
     report = verify_root(str(tmp_path / "ds"))
     assert report["problems"] == [] and report["keys"] == [p.photo_id for p in sample_photos[:10]]
     rows = read_parquet(contract.hr_parquet(str(tmp_path / "ds"), 0))
     assert rows[0]["source"].endswith("astronaut.png?w=256&fit=max&fm=png&q=100") and rows[0]["caption"] == "a photograph: astronaut"
     again = build_shards(str(tsv.parent), str(tmp_path / "ds"), cfg, limit=10)
-    assert again["shards_skipped"] == 2 and again["new_images"] == 0
+    assert again["shards_skipped"] == 2 and again["new_samples"] == 0
 
 
 def fast_cfg_for_ray():
@@ -89,12 +89,12 @@ def test_retry_failed_refetches_only_failed_rows(hostile_server, sample_photos, 
     pd.DataFrame({"url": urls, "id": [p.photo_id for p in photos]}).to_csv(csv, index=False)
     root, cfg = str(tmp_path / "ds"), fast_cfg.override(shard_size=6)
     first = build_shards(str(csv), root, cfg, use_ray=False, id_col="id")
-    assert first["successes"] == 3 and first["error_counts"] == {"connection_error": 3}
+    assert first["totals"]["successes"] == 3 and first["totals"]["error_counts"] == {"connection_error": 3}
     hits_before = dict(hostile_server.hits)
     with PhotoServer(photos[0].path.parent, port=port):
         assert build_shards(str(csv), root, cfg, use_ray=False, id_col="id")["shards_skipped"] == 1  # plain rerun
         second = build_shards(str(csv), root, cfg, use_ray=False, id_col="id", retry_failed=True)
-    assert second["successes"] == 6 and second["error_counts"] == {}
+    assert second["totals"]["successes"] == 6 and second["totals"]["error_counts"] == {}
     for i in (0, 2, 4):  # earlier successes were copied from the old tar, not downloaded again
         assert hostile_server.hits[f"slow/{photos[i].path.name}"] == hits_before[f"slow/{photos[i].path.name}"]
     report = verify_root(root)

@@ -63,7 +63,7 @@ def test_every_request_is_full_quality_never_enlarged_and_small_rows_are_not_req
     requested = {path for path, _ in requests}
     assert requested.isdisjoint(SMALL) and "chelsea.png" in requested and len(requested) == 12 - len(SMALL)
     rows = {r["photo_id"]: r for r in read_parquet(contract.hr_parquet(str(tmp_path / "ds"), 0))}
-    assert summary["successes"] == 7 and summary["error_counts"] == {"too_small": 5}
+    assert summary["totals"]["successes"] == 7 and summary["totals"]["error_counts"] == {"too_small": 5}
     for name in SMALL:  # recorded, with the size from the row, without a request
         row = next(r for r in rows.values() if r["source"].split("?")[0].endswith(name))
         assert (row["error"], row["attempts"], row["http_status"]) == ("too_small", 0, None)
@@ -118,7 +118,7 @@ def test_the_demo_source_still_builds_with_the_tiny_preset(tmp_path):
                                read_timeout=30.0), use_ray=False)
     finally:
         server.stop()
-    assert summary["successes"] == 12 and summary["error_counts"] == {}
+    assert summary["totals"]["successes"] == 12 and summary["totals"]["error_counts"] == {}
     assert all(q["fit"] == "max" and q["fm"] == "png" for _, q in server.requests)
 
 
@@ -129,7 +129,7 @@ def test_nsarm_shard_cli_sets_the_imgix_output(imgix_source, tmp_path, capsys):
     before, root = len(server.requests), str(tmp_path / "ds")
     argv = ["shard", str(tsv), root, "--preset", "tiny", "--limit", "3", "--unsplash-format", "jpg",
             "--unsplash-quality", "95", "--timeout", "60"]
-    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["successes"] == 3
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["totals"]["successes"] == 3
     assert [(q["fm"], q["q"], q["fit"]) for _, q in server.requests[before:]] == [("jpg", "95", "max")] * 3
     saved = contract.read_json(contract.join(root, "hr", "config.json"))["config"]
     assert (saved["unsplash_format"], saved["unsplash_quality"]) == ("jpg", 95)
@@ -144,5 +144,5 @@ def test_min_side_above_image_size_is_checked_on_the_photo_not_on_the_cdn_resize
     rows = {r["key"]: r for r in read_parquet(contract.hr_parquet(str(tmp_path / "ds"), 0))}
     assert rows["skimage-hubble-deep-field"]["status"] == "success"
     assert rows["skimage-retina"]["status"] == "success" and rows["skimage-rocket"]["error"] == "too_small"
-    assert summary["successes"] == 2 and {p for p, _ in server.requests[before:]} == {
+    assert summary["totals"]["successes"] == 2 and {p for p, _ in server.requests[before:]} == {
         "hubble_deep_field.jpg", "retina.jpg", "chelsea.png"}  # chelsea: size unknown, so asked for

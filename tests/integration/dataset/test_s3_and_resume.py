@@ -31,9 +31,9 @@ def test_s3_folder_source_and_root(s3_bucket, sample_photos, fast_cfg, ray_local
     root = f"{s3_bucket}/ds"
     cfg = fast_cfg.override(shard_size=3)
     local = build_shards(f"{s3_bucket}/src", root, cfg, use_ray=False, shards=[0])
-    assert local["shards_done"] == 1 and local["successes"] == 3
+    assert local["shards_done"] == 1 and local["totals"]["successes"] == 3
     on_ray = build_shards(f"{s3_bucket}/src", root, cfg)  # workers reach moto through the forwarded AWS_* env
-    assert on_ray["shards_skipped"] == 1 and on_ray["new_images"] == 2 and on_ray["shards_failed"] == []
+    assert on_ray["shards_skipped"] == 1 and on_ray["new_samples"] == 2 and on_ray["shards_failed"] == {}
     report = verify_root(root)
     assert report["problems"] == [] and report["samples"] == 5
     assert not [p for p in fs.ls(f"{root}/hr") if ".tmp-" in p]

@@ -56,7 +56,8 @@ def test_ray_job_local_root(tmp_path, make_hr_root, ray_local):
     keys = make_hr_root(root, per_shard=(3, 2))
     totals = run_degradation(root, CFG, seed=0)
     h = deg_hash(CFG, 0)
-    assert totals["deg_hash"] == h and totals["shards"] == 2 and totals["n_ok"] == 5 and totals["n_failed"] == 0
+    assert totals["version"] == h and totals["output"] == f"lr/{h}" and totals["shards_total"] == 2
+    assert totals["samples"] == 5 and totals["shards_failed"] == {}
     for shard, ks in keys.items():
         _check_shard(root, h, shard, ks)
     cfg_json = contract.read_json(contract.join(contract.lr_dir(root, h), "config.json"))
@@ -64,7 +65,7 @@ def test_ray_job_local_root(tmp_path, make_hr_root, ray_local):
     # a rerun skips both shards and leaves bytes untouched
     before = open(contract.lr_tar(root, h, 0), "rb").read()
     again = run_degradation(root, CFG, seed=0)
-    assert again["skipped"] == 2 and again["n_ok"] == 5
+    assert again["shards_skipped"] == 2 and again["samples"] == 5 and again["new_samples"] == 0
     assert open(contract.lr_tar(root, h, 0), "rb").read() == before
     # one worker in a plain loop over a fresh root gives byte-identical shards (worker/batch independence)
     root2 = str(tmp_path / "ds2")
@@ -80,7 +81,7 @@ def test_ray_job_s3_root(s3_bucket, make_hr_root, ray_local):
     keys = make_hr_root(root, per_shard=(2,))
     totals = run_degradation(root, PRESETS["seesr"], seed=3)
     h = deg_hash(PRESETS["seesr"], 3)
-    assert totals["n_ok"] == 2 and totals["n_failed"] == 0, totals
+    assert totals["samples"] == 2 and totals["shards_failed"] == {}, totals
     _check_shard(root, h, 0, keys[0])
     assert fsspec.filesystem("s3").exists(f"{root[5:]}/lr/{h}/config.json")
 
@@ -132,7 +133,7 @@ def test_bad_samples_are_recorded_and_skipped(tmp_path, sample_photos, hr_tools)
 
     res = DegradeShard(root, CFG, 0)(0)
     assert res.ok and res.n == 2 and res.n_bad == 6, res
-    reasons = {b["key"]: b["reason"] for b in res.bad}
+    reasons = {b["key"]: b["reason"] for b in res.stats["bad"]}
     assert reasons[good[0][0]].startswith("duplicate key")
     assert "expected 256x256" in reasons[wrong_size[0]]
     assert reasons["broken"].startswith("undecodable image broken.jpg")
@@ -165,7 +166,7 @@ def test_cli_degrade(tmp_path, make_hr_root, capsys):
     keys = make_hr_root(root, per_shard=(1, 1))
     assert main(["degrade", root, "--preset", "seesr", "--seed", "4", "--shards", "1"]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert out[-1]["n_ok"] == 1 and out[-1]["deg_hash"] == deg_hash(PRESETS["seesr"], 4)
+    assert out[-1]["samples"] == 1 and out[-1]["version"] == deg_hash(PRESETS["seesr"], 4)
     _check_shard(root, deg_hash(PRESETS["seesr"], 4), 1, keys[1])
     assert not contract.exists(contract.lr_tar(root, deg_hash(PRESETS["seesr"], 4), 0))
 

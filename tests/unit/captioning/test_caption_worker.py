@@ -24,8 +24,9 @@ def _table(root, cfg, shard):
 def test_metadata_shards_follow_the_parquet_contract(caption_root, photo_samples):
     cfg = CaptionConfig(backend="metadata")
     summary = caption_shards(caption_root, cfg)
-    assert summary["shards"] == 3 and summary["done"] == 3 and summary["captions"] == 12 and not summary["failed"]
-    h = summary["cap_hash"]
+    assert summary["shards_total"] == 3 and summary["shards_done"] == 3 and summary["new_samples"] == 12
+    assert not summary["shards_failed"]
+    h = summary["version"]
     assert contract.read_json(contract.join(contract.caption_dir(caption_root, h), "config.json"))["backend"] == \
         "metadata"
 
@@ -51,7 +52,7 @@ def test_metadata_shards_follow_the_parquet_contract(caption_root, photo_samples
 def test_resume_skips_done_shards_and_redoes_partial_ones(caption_root):
     cfg = CaptionConfig(backend="fixed")
     worker = CaptionWorker(caption_root, cfg)
-    assert caption_shards(caption_root, cfg, shards=[0], worker=worker)["captions"] == 4
+    assert caption_shards(caption_root, cfg, shards=[0], worker=worker)["new_samples"] == 4
     h = cap_hash(cfg)
     done_stats = contract.caption_stats(caption_root, h, 0)
     before = open(done_stats, "rb").read()
@@ -59,11 +60,11 @@ def test_resume_skips_done_shards_and_redoes_partial_ones(caption_root):
     contract.put_atomic(contract.caption_parquet(caption_root, h, 1), b"partial")
 
     summary = caption_shards(caption_root, cfg, worker=worker)
-    assert (summary["done"], summary["skipped"], summary["captions"]) == (3, 1, 8)
+    assert (summary["shards_done"], summary["shards_skipped"], summary["new_samples"]) == (3, 1, 8)
     assert open(done_stats, "rb").read() == before  # shard 0 untouched
     assert len(_table(caption_root, cfg, 1)) == 4  # shard 1 rewritten whole
     again = caption_shards(caption_root, cfg, worker=worker)
-    assert (again["skipped"], again["captions"]) == (3, 0)  # idempotent
+    assert (again["shards_skipped"], again["new_samples"], again["samples"]) == (3, 0, 12)  # idempotent
 
 
 def test_worker_never_raises_and_names_the_problem(tmp_path):
@@ -81,7 +82,7 @@ def test_llava_shard_with_corrupt_image_records_fallback(tmp_path, photo_samples
     cfg = CaptionConfig(model_path=str(tiny_llava_dir), greedy=True, max_new_tokens=6, batch_size=2)
     llava = LlavaCaptioner(cfg)
     summary = caption_shards(root, cfg, worker=CaptionWorker(root, cfg, captioner=llava))
-    assert summary["done"] == 1
+    assert summary["shards_done"] == 1
     rows = _table(root, cfg, 0).to_pylist()
     assert [r["key"] for r in rows] == [samples[0][0], "broken", samples[2][0]]
     assert rows[1]["caption"] == "a broken file" and rows[1]["error"] == "image could not be decoded"

@@ -37,7 +37,7 @@ def tiny_root(tmp_path_factory, sample_photos, tiny_cfg):
 
     root = str(tmp_path_factory.mktemp("tiny_root"))
     summary = build_shards(str(sample_photos[0].path.parent), root, tiny_cfg, use_ray=False)
-    assert summary["successes"] == 12, summary
+    assert summary["totals"]["successes"] == 12, summary
     for shard in contract.list_shards(root):
         samples = []
         for key, files, err in contract.iter_tar_samples(contract.hr_tar(root, shard)):

@@ -25,10 +25,10 @@ def real_root(tmp_path_factory, sample_photos):
 
     root = str(tmp_path_factory.mktemp("real_root"))
     cfg = PRESETS_HR["tiny"].override(shard_size=3, threads=2)
-    assert build_shards(str(sample_photos[0].path.parent), root, cfg, limit=6, use_ray=False)["successes"] == 6
+    assert build_shards(str(sample_photos[0].path.parent), root, cfg, limit=6, use_ray=False)["samples"] == 6
     worker = DegradeShard(root, PRESETS["realesrgan"], seed=0, batch_size=4, device="cpu")
     assert all(worker(s).ok for s in contract.list_shards(root))
-    assert not caption_shards(root, caption_config("metadata"))["failed"]
+    assert not caption_shards(root, caption_config("metadata"))["shards_failed"]
     write_manifest(root, name="reader-test")
     return root
 

@@ -55,7 +55,8 @@ def test_resume_skips_done_and_rebuilds_partial_shards(sample_photos, tiny_cfg, 
     (tmp_path / "ds/hr/000001.tar").write_bytes(tar1[:5000])
     (tmp_path / "ds/hr/000001.tar.tmp-deadbeef").write_bytes(b"partial")
     again = build_shards(src, root, tiny_cfg, use_ray=False)
-    assert again["shards_skipped"] == 2 and again["new_images"] == 5 and again["successes"] == first["successes"]
+    assert again["shards_skipped"] == 2 and again["new_samples"] == 5
+    assert again["totals"]["successes"] == first["totals"]["successes"] == again["samples"]
     assert open(contract.hr_tar(root, 1), "rb").read() == tar1  # mtime=0: rebuilt bytes are identical
     assert not list((tmp_path / "ds/hr").glob("*.tmp-*"))
     check_contract(root, 64)
@@ -70,13 +71,13 @@ def test_duplicates_are_removed_within_and_across_shards(sample_photos, tiny_cfg
     shutil.copy(sample_photos[1].path, folder / f"zz_copy{sample_photos[1].path.suffix}")  # shard 1, dup of #2
     cfg = tiny_cfg.override(shard_size=4)
     summary = build_shards(str(folder), str(tmp_path / "ds"), cfg, use_ray=False)
-    assert summary["cross_shard_dedup"] == {"shards_rewritten": 1, "duplicates_removed": 1}
+    assert summary["extra"]["cross_shard_dedup"] == {"shards_rewritten": 1, "duplicates_removed": 1}
     rows = [r for s in (0, 1) for r in pq.read_table(contract.hr_parquet(str(tmp_path / "ds"), s)).to_pylist()]
     dups = {r["key"]: r["duplicate_of"] for r in rows if r["status"] == "duplicate"}
     assert dups == {"astronaut": "a_copy", "zz_copy": "chelsea"}
     keys = check_contract(str(tmp_path / "ds"), 64)
     assert len(keys) == 4
-    assert build_shards(str(folder), str(tmp_path / "ds"), cfg, use_ray=False)["duplicates"] == 2  # stable
+    assert build_shards(str(folder), str(tmp_path / "ds"), cfg, use_ray=False)["totals"]["duplicates"] == 2  # stable
 
 
 def test_a_root_refuses_a_different_config(sample_photos, tiny_cfg, tmp_path):
@@ -125,6 +126,6 @@ def test_nsarm_shard_cli(sample_photos, tmp_path, capsys):
             "--min-side", "48", "--limit", "3", "--shard-size", "2"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["successes"] == 3 and summary["shards_total"] == 2
+    assert summary["totals"]["successes"] == 3 and summary["shards_total"] == 2
     assert verify_root(root)["problems"] == [] and verify_root(root)["samples"] == 3
     assert contract.read_json(contract.join(root, "hr", "config.json"))["config"]["image_size"] == 48
