@@ -24,7 +24,7 @@ def test_progress_line_reads_like_the_readme():
 
 
 def test_progress_lines_have_one_formatter():
-    """Every stage's line comes from progress_line (the shard, degrade, caption, train and tokenizer stages and the
+    """Every stage's line comes from progress_line (the shard stages' one reporter, the train and tokenizer stages and the
     flows' log forwarding): no other module spells the `| elapsed … | ETA …` parts itself."""
     import ast
     from pathlib import Path
@@ -45,5 +45,7 @@ def test_progress_lines_have_one_formatter():
     assert spelled == {}
     uses = {p.relative_to(repo).as_posix() for top in ("nsarm", "dataset", "degradation", "captioning")
             for p in (repo / top).rglob("*.py") if "progress_line(" in p.read_text()} - own
-    assert {"dataset/build.py", "degradation/distributed.py", "captioning/distributed.py",
-            "nsarm/train/progress.py", "nsarm/tokenizer_train.py"} <= uses
+    # the shard, degrade and caption stages report through dataset/stage.py's ProgressReporter
+    assert {"dataset/stage.py", "nsarm/train/progress.py", "nsarm/tokenizer_train.py"} <= uses
+    assert all("ProgressReporter(" in (repo / rel).read_text()
+               for rel in ("dataset/build.py", "degradation/distributed.py", "captioning/worker.py"))
