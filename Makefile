@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml Makefile
 	# pyiqa (CLIPIQA/MUSIQ/MANIQA/TOPIQ) and facexlib without their metadata's opencv-python/bitsandbytes/tensorboard;
 	# their real runtime imports are in pyproject.toml (see nsarm/eval/metrics.py).
 	$(BIN)/pip install --no-deps pyiqa==0.1.16 facexlib==0.3.0
-	$(BIN)/python -c "import nsarm, torch, ray, prefect, mlflow, webdataset, basicsr.utils; print('environment OK: torch', torch.__version__)"
+	$(BIN)/python -c "from nsarm.compat import ensure_torchvision_importable as shim; shim(); import torch, ray, prefect, mlflow, webdataset, basicsr.utils; print('environment OK: torch', torch.__version__)"
 	touch $(STAMP)
 
 test: $(STAMP) system-deps

@@ -122,3 +122,22 @@ def test_a_library_site_needs_no_shim_from_its_caller():
               "print('basicsr.utils' in sys.modules)")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "True"
+
+
+def _install_checks() -> dict[str, str]:
+    """The `python -c` import checks of the install paths: Makefile's setup stamp and the runtime image's build."""
+    make = re.search(r'\$\(BIN\)/python -c "([^"]+)"', (REPO / "Makefile").read_text())
+    docker = re.search(r'RUN python -c "([^"]+)"', (REPO / "infra/docker/Dockerfile").read_text())
+    assert make and docker, "the install checks moved; update this test"
+    return {"Makefile": make.group(1), "Dockerfile": docker.group(1).replace("\\\n", "")}
+
+
+@pytest.mark.parametrize("where", ["Makefile", "Dockerfile"])
+def test_the_install_checks_import_basicsr_in_a_fresh_process(where):
+    """`make setup` and the image build end with an import check that includes BasicSR; since importing nsarm no
+    longer runs the shim, the check itself must (a fresh clone's `make setup` failed on this)."""
+    code = _install_checks()[where]
+    assert "basicsr" in code
+    out = _py(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OK: torch" in out.stdout
