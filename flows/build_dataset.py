@@ -67,7 +67,7 @@ def _stats_markdown(summary: dict, manifest: dict, run_id: str) -> str:
 
     hr, lr, cap = (StageSummary.from_dict(summary[k]) for k in ("shard", "degrade", "caption"))
     rows = [  # (summary, what its samples are, stage-specific counts, rate unit)
-        (hr, "images", f"{hr.totals['failed_to_download']} download failures, {hr.totals['failed_to_process']} "
+        (hr, "images ok", f"{hr.totals['failed_to_download']} download failures, {hr.totals['failed_to_process']} "
                        f"rejected, {hr.totals['duplicates']} duplicates", "img/s"),
         (lr, "LR images", f"{lr.bad_samples} bad samples", "img/s"),
         (cap, "captions", f"{cap.totals['too_long']} longer than 512 T5 tokens", "captions/s"),

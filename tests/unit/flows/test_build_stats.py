@@ -29,7 +29,7 @@ def _summaries() -> dict:
 def test_each_stage_row_shows_its_own_counts():
     rows = {line.split(" | ")[0].strip("| "): line for line in _stats_markdown(_summaries(), MANIFEST, "run9")
             .splitlines() if line.startswith("| ") and not line.startswith("| stage")}
-    assert rows["shard"] == ("| shard | 2/3 shards → `hr` | 7 images, 2 download failures, 1 rejected, 3 duplicates, "
+    assert rows["shard"] == ("| shard | 2/3 shards → `hr` | 7 images ok, 2 download failures, 1 rejected, 3 duplicates, "
                              "1 failed shards | 2.0 img/s |")
     assert rows["degrade"] == "| degrade | 2/2 shards → `lr/d3g` | 6 LR images, 1 bad samples, 0 failed shards | 2.0 img/s |"
     assert rows["caption"] == ("| caption | 2/2 shards → `captions/c4p` | 7 captions, 2 longer than 512 T5 tokens, "
