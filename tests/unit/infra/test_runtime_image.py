@@ -103,9 +103,14 @@ def test_makefile_no_deps_installs_are_in_the_image():
 
 
 def test_import_check_covers_the_projects_packages():
-    (check,) = re.findall(r'RUN python -c "(import [^;]+);', INSTRUCTIONS)
-    imported = {m.strip().split(".")[0] for m in check.removeprefix("import ").split(",")}
+    (code,) = re.findall(r'RUN python -c "([^"]+)"', INSTRUCTIONS)
+    statements = [st.strip() for st in code.split(";")]
+    imported = {m.strip().split(".")[0] for st in statements if st.startswith("import ")
+                for m in st.removeprefix("import ").split(",")}
+    imported |= {st.split()[1].split(".")[0] for st in statements if st.startswith("from ")}
     assert {"nsarm", "torch", "ray", "prefect", "mlflow", "basicsr", "psycopg2", "boto3"} <= imported
+    # the torchvision shim runs before anything imports torchvision or BasicSR (nsarm/compat.py)
+    assert statements[0].startswith("from nsarm.compat import ensure_torchvision_importable")
 
 
 def test_build_context_leaves_out_the_venv_and_secrets():
