@@ -269,12 +269,6 @@ def set_model_alias(name: str, alias: str, version: str, tracking_uri: str | Non
     mlflow_client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
-def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any], tracking_uri: str | None = None) -> None:
-    client = mlflow_client(tracking_uri)
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, str(v))
-
-
 def get_model_version(name: str, alias: str | None = None, version: str | None = None,
                       tracking_uri: str | None = None) -> dict:
     """A registered version (by alias or number): {"version", "source", "run_id", "model_id", "tags", "aliases",
